@@ -7,20 +7,82 @@ Example usage::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from cryopose.cli.main import app
+from cryopose.io.describe import describe
 
 
 @app.command()
 def info(
-    paths: list[Path] = typer.Argument(..., help="Files to summarise."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file."),
+    paths: list[Path] = typer.Argument(..., help="Files to summarise.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per file."),
 ) -> None:
     """Print a human summary of each file (``--json`` for machines).
 
     Example: cryopose info particles.star map.mrc model.pdb
     """
-    raise NotImplementedError("info is being written")
+    summaries = [describe(path) for path in paths]
+    if as_json:
+        typer.echo(json.dumps(summaries, indent=2))
+        return
+    console = Console(highlight=False)
+    for summary in summaries:
+        _print_summary(console, summary)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return " x ".join(_fmt(v) for v in value) if value else "-"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _print_summary(console: Console, s: dict[str, Any]) -> None:
+    console.rule(f"[bold]{s['path']}[/bold]  ({s['kind']})")
+    kind = s["kind"]
+    if kind == "mrc":
+        what = "stack" if s.get("is_stack") else "map"
+        console.print(f"{what}: shape (z, y, x) {_fmt(s['shape'])}, dtype {s['dtype']}")
+        console.print(f"voxel size (x, y, z): {_fmt(s['voxel_size'])} A; origin {_fmt(s['origin'])} A")
+        console.print(
+            "values: min {} max {} mean {} std {}".format(
+                *(_fmt(s.get(k)) for k in ("min", "max", "mean", "std"))
+            )
+        )
+    elif kind == "star":
+        blocks = ", ".join(
+            f"{b['name'] or '(unnamed)'} ({b['rows']} rows)" if b["loop"] else
+            f"{b['name'] or '(unnamed)'} (values)" for b in s["blocks"]
+        )
+        console.print(f"blocks: {blocks}")
+        if s.get("particles") is None:
+            console.print("not a particle file")
+            return
+        console.print(f"particles: {s['particles']}  (RELION {s['relion_version']} layout)")
+        table = Table("optics group", "name", "pixel (A)", "voltage (kV)", "Cs (mm)",
+                      "amp. contrast", "image size")
+        for g in s["optics_groups"]:
+            table.add_row(*(_fmt(g.get(k)) for k in ("group", "name", "pixel_size", "voltage_kv",
+                                                     "cs_mm", "amplitude_contrast", "image_size")))
+        console.print(table)
+        has = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in s["has"].items())
+        console.print(f"columns present: {has}")
+        unknown = s.get("unknown_columns") or []
+        console.print(f"columns unknown to RELION 3.1: {', '.join(unknown) if unknown else 'none'}")
+    elif kind == "structure":
+        for key, value in s.items():
+            if key not in ("path", "kind"):
+                console.print(f"{key.replace('_', ' ')}: {_fmt(value)}")
+    elif kind == "cryosparc":
+        console.print(f"particles: {s['particles']}")
+        console.print(f"fields: {', '.join(s['fields'])}")
