@@ -98,7 +98,11 @@ def matrix_to_euler_rad(R: torch.Tensor) -> torch.Tensor:
     psi_south = torch.atan2(R[..., 1, 0], -R[..., 0, 0])
     psi_pole = torch.where(R[..., 2, 2] > 0, psi_north, psi_south)
     psi = torch.where(regular, psi_regular, psi_pole)
-    tilt = torch.where(regular, tilt, torch.where(R[..., 2, 2] > 0, 0.0, math.pi).to(tilt))
+    # Build the pole tilt in R's own dtype: a Python-scalar torch.where would round pi to float32.
+    pole_tilt = torch.where(
+        R[..., 2, 2] > 0, torch.zeros_like(tilt), torch.full_like(tilt, math.pi)
+    )
+    tilt = torch.where(regular, tilt, pole_tilt)
     return torch.stack([rot, tilt, psi], dim=-1)
 
 
