@@ -1,0 +1,1 @@
+"""Pose inference, pruning, local refinement, reconstruction pipeline, streaming."""

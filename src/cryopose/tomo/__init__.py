@@ -1,0 +1,1 @@
+"""Cryo-ET: template matching, segmentation picking, clustering."""
