@@ -56,31 +56,34 @@ _register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = sys.argv[1:] if argv is None else argv
+    """Run the command line; return the exit status.
+
+    Typer handles ``--help`` and usage errors (exit status 2). Errors from the library become
+    one line on stderr and exit status 1; ``--debug`` re-raises them with the traceback.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="cryopose", standalone_mode=False)
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.Abort:
-        typer.echo("Aborted.", err=True)
-        return 130
+        app(args=args, prog_name="cryopose")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        typer.echo(str(code), err=True)
+        return 1
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into a line
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
+    except Exception as exc:
         if debug:
             raise
         if isinstance(exc, CryoposeError | OSError | ValueError):
             typer.echo(f"error: {exc}", err=True)
         else:
-            typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
+            name = type(exc).__name__
+            typer.echo(f"error: {name}: {exc} (run with --debug for details)", err=True)
         return 1
     return 0
 

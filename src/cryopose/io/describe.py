@@ -46,7 +46,7 @@ def relion31_labels() -> frozenset[str]:
 
 
 def file_kind(path: str | Path) -> str:
-    """Kind of file from its name: ``star``, ``mrc``, ``structure``, ``cryosparc`` or ``unknown``."""
+    """Kind of file from its name: star, mrc, structure, cryosparc or unknown."""
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] in {".gz", ".bz2"}:
         suffixes = suffixes[:-1]
@@ -132,8 +132,9 @@ def _describe_star(path: Path) -> dict[str, Any]:
     block_info = []
     for name, block in blocks.items():
         if isinstance(block, pd.DataFrame):
-            block_info.append({"name": name, "loop": True, "rows": len(block),
-                               "columns": len(block.columns)})
+            block_info.append(
+                {"name": name, "loop": True, "rows": len(block), "columns": len(block.columns)}
+            )
         else:
             block_info.append({"name": name, "loop": False, "rows": 1, "columns": len(block)})
     summary: dict[str, Any] = {"blocks": block_info}
@@ -160,8 +161,13 @@ def _describe_star(path: Path) -> dict[str, Any]:
     else:
         try:
             pixel = np.unique(table.angpix())
-            optics.append({"group": None, "name": "(per particle, RELION 3.0)",
-                           "pixel_size": [float(v) for v in pixel]})
+            optics.append(
+                {
+                    "group": None,
+                    "name": "(per particle, RELION 3.0)",
+                    "pixel_size": [float(v) for v in pixel],
+                }
+            )
         except InputError:
             optics.append({"group": None, "name": "(per particle, RELION 3.0)", "pixel_size": None})
     summary["optics_groups"] = optics
@@ -180,7 +186,7 @@ def _describe_star(path: Path) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars -> Python scalars (for JSON)."""
+    """Turn numpy scalars into Python scalars (for JSON)."""
     if isinstance(value, np.generic):
         return value.item()
     return value
