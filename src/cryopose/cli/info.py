@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from cryopose.cli.main import app
-from cryopose.io.describe import describe
 
 
 @app.command()
@@ -30,6 +29,8 @@ def info(
 
     Example: cryopose info particles.star map.mrc model.pdb
     """
+    from cryopose.io.describe import describe
+
     summaries = [describe(path) for path in paths]
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
