@@ -24,10 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-HEADER = (
-    "| area | benchmark | cryopose | peer | ratio | command |\n"
-    "|---|---|---|---|---|---|\n"
-)
+HEADER = "| area | benchmark | cryopose | peer | ratio | command |\n|---|---|---|---|---|---|\n"
 
 
 @dataclass

@@ -29,7 +29,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     sfx = "".join(final.suffixes) if suffix is None else suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{sfx}", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=f".part{sfx}", dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

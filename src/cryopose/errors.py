@@ -33,9 +33,7 @@ class InputError(CryoposeError, ValueError):
     'particles.star: block particles: missing column rlnImageName'
     """
 
-    def __init__(
-        self, path: str | Path | None, message: str, where: str | None = None
-    ) -> None:
+    def __init__(self, path: str | Path | None, message: str, where: str | None = None) -> None:
         self.path = None if path is None else Path(path)
         self.where = where
         self.message = message

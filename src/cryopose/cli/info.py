@@ -73,7 +73,7 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         )
         console.print(f"blocks: {blocks}")
         if s.get("particles") is None:
-            console.print("not a particle file")
+            console.print(s.get("note") or "not a particle file")
             return
         console.print(f"particles: {s['particles']}  (RELION {s['relion_version']} layout)")
         table = Table(

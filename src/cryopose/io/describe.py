@@ -141,8 +141,10 @@ def _describe_star(path: Path) -> dict[str, Any]:
     try:
         table = read_particles(path)
     except InputError as err:
-        if "not a particle" in str(err).lower() or "no particle" in str(err).lower():
+        # A valid STAR file that holds no (single) particle table: summarise its blocks only.
+        if err.message.startswith(("not a particle file", "several blocks could be")):
             summary["particles"] = None
+            summary["note"] = err.message
             return summary
         raise
     summary["particles"] = len(table)
