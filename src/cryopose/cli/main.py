@@ -49,7 +49,7 @@ def _root(
 def _register_commands() -> None:
     # Each command module adds its commands to ``app``; imported here so that
     # ``cryopose --help`` lists them all.
-    from cryopose.cli import density, info  # noqa: F401
+    from cryopose.cli import density, fsc, info, project, reconstruct, simulate  # noqa: F401
 
 
 _register_commands()
