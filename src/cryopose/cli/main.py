@@ -49,7 +49,16 @@ def _root(
 def _register_commands() -> None:
     # Each command module adds its commands to ``app``; imported here so that
     # ``cryopose --help`` lists them all.
-    from cryopose.cli import density, fsc, info, project, reconstruct, simulate  # noqa: F401
+    from cryopose.cli import (  # noqa: F401
+        demo,
+        density,
+        fsc,
+        info,
+        project,
+        reconstruct,
+        simulate,
+        tomo,
+    )
 
 
 _register_commands()
@@ -86,7 +95,3 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(f"error: {name}: {exc} (run with --debug for details)", err=True)
         return 1
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
