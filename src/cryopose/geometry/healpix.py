@@ -24,13 +24,21 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
-import healpy
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from cryopose.geometry.euler import euler_to_matrix_rad
+
+
+def _healpy() -> Any:
+    """Import healpy on first use: its import pulls in matplotlib and astropy (~1.5 s)."""
+    import healpy
+
+    return healpy
+
 
 __all__ = [
     "grid_neighbours",
@@ -100,11 +108,11 @@ def _max_pixel_radius(order: int) -> float:
     (8 points per edge) and keep the larger value. The two agree to 1e-13 on orders 0-6.
     """
     nside = 2**order
-    radius = float(healpy.max_pixrad(nside))
+    radius = float(_healpy().max_pixrad(nside))
     if order <= 6:
         pix = np.arange(_npix(order))
-        edges = np.asarray(healpy.boundaries(nside, pix, step=8, nest=True))  # (npix, 3, 32)
-        centres = np.stack(healpy.pix2vec(nside, pix, nest=True), axis=-1)  # (npix, 3)
+        edges = np.asarray(_healpy().boundaries(nside, pix, step=8, nest=True))  # (npix, 3, 32)
+        centres = np.stack(_healpy().pix2vec(nside, pix, nest=True), axis=-1)  # (npix, 3)
         cos = np.clip(np.einsum("nk,nkm->nm", centres, edges), -1.0, 1.0)
         radius = max(radius, float(np.arccos(cos.min())))
     return radius * (1.0 + _RADIUS_MARGIN)
@@ -152,7 +160,7 @@ def grid_resolution_deg(order: int) -> float:
 def _grid_angles_np(order: int) -> FloatArray:
     """Read-only ``(M, 3)`` (rot, tilt, psi) in radians, pixel index fastest."""
     nside, npix, npsi = 2**order, _npix(order), _npsi(order)
-    theta, phi = healpy.pix2ang(nside, np.arange(npix), nest=True)
+    theta, phi = _healpy().pix2ang(nside, np.arange(npix), nest=True)
     psi = 2.0 * np.pi * np.arange(npsi) / npsi
     angles = np.empty((npsi, npix, 3), dtype=np.float64)
     angles[..., 0] = phi[None, :]
@@ -228,12 +236,12 @@ def _candidate_pixels(order: int) -> IntArray:
     """
     nside, npix = 2**order, _npix(order)
     radius = (_max_pixel_radius(order) + _covering_radius_bound(order)) * (1.0 + _RADIUS_MARGIN)
-    centres = np.stack(healpy.pix2vec(nside, np.arange(npix), nest=True), axis=-1)
+    centres = np.stack(_healpy().pix2vec(nside, np.arange(npix), nest=True), axis=-1)
     if radius >= np.pi:
         rows = [np.arange(npix, dtype=np.int64)] * npix
     else:
         rows = [
-            np.asarray(healpy.query_disc(nside, centres[p], radius, nest=True), dtype=np.int64)
+            np.asarray(_healpy().query_disc(nside, centres[p], radius, nest=True), dtype=np.int64)
             for p in range(npix)
         ]
     width = max(len(r) for r in rows)
@@ -247,7 +255,7 @@ def _candidate_pixels(order: int) -> IntArray:
 
 def _pixel_of_directions(v: FloatArray, nside: int) -> IntArray:
     """NEST pixel of ``(N, 3)`` non-zero vectors (need not be unit length)."""
-    pix = healpy.vec2pix(nside, v[:, 0], v[:, 1], v[:, 2], nest=True)
+    pix = _healpy().vec2pix(nside, v[:, 0], v[:, 1], v[:, 2], nest=True)
     return np.asarray(pix, dtype=np.int64)
 
 
@@ -386,7 +394,7 @@ def grid_neighbours(index: torch.Tensor, order: int, include_self: bool = True) 
     if flat.size and (flat.min() < 0 or flat.max() >= size):
         raise ValueError(f"grid indices must lie in [0, {size}) for order {order}")
     pix, j = flat % npix, flat // npix
-    neigh = np.asarray(healpy.get_all_neighbours(2**order, pix, nest=True), dtype=np.int64).T
+    neigh = np.asarray(_healpy().get_all_neighbours(2**order, pix, nest=True), dtype=np.int64).T
     missing = neigh < 0
     neigh = np.where(missing, pix[:, None], neigh)  # (N, 8)
     # Psi index of each neighbour direction best aligned with the centre rotation G.

@@ -3,14 +3,19 @@
 The map is recovered the way RELION's ``BackProjector`` does it: every particle image is
 centred, Fourier transformed, multiplied by its CTF and inserted as a central slice into a
 padded 3D Fourier grid with trilinear weights, while CTF^2 is accumulated the same way in a
-weight grid. :meth:`FourierReconstructor.finalize` divides the two grids (with a
-regulariser), transforms back, crops the padding and corrects for the trilinear kernel.
+weight grid. :meth:`FourierReconstructor.finalize` symmetrises both grids (point groups),
+divides them (with a regulariser), transforms back, crops the padding and corrects for the
+trilinear kernel.
 
 Conventions (DESIGN.md): an image at pose ``A`` (RELION matrix) has the Fourier transform
-``F_V(A^T k)``, so its 2D frequency ``k = (kx, ky, 0)`` is inserted at ``A^T k``; with a point
-group ``G`` every slice is inserted once per ``g`` at ``(A g)^T k`` (poses ``A g`` are
-equivalent). A particle's content sits at minus its origin (``rlnOriginXAngst/YAngst``), so
-the image is translated by ``+origin`` before insertion. Real-space origins are at ``N // 2``.
+``F_V(A^T k)``, so its 2D frequency ``k = (kx, ky, 0)`` is inserted at ``A^T k``. With a point
+group ``G`` (poses ``A g`` are equivalent) every slice is inserted once and the accumulators
+are symmetrised before the division, ``S(k) = sum_g acc(g k)`` (RELION's
+``BackProjector::symmetrise``); that equals inserting every slice at ``(A g)^T k`` for all
+``g``, up to one extra trilinear interpolation (none for operators that map grid points onto
+grid points, such as those of C2, C4, D2, D4, T and O). A particle's content sits at minus its
+origin (``rlnOriginXAngst/YAngst``), so the image is translated by ``+origin`` before
+insertion. Real-space origins are at ``N // 2``.
 
 Only the accumulators are kept (memory does not grow with the number of particles); they can
 be merged (half maps -> full map) and saved/restored (``state_dict``) to resume streaming.
@@ -25,7 +30,8 @@ torch.Size([16, 16, 16])
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -37,8 +43,32 @@ __all__ = ["FourierReconstructor", "reconstruct", "reconstruct_halves"]
 
 Regularisation = Literal["relion", "wiener", "tau2"]
 
-# Accumulators are float64 by default: sums over 10^6 particles lose digits in float32.
-_DEFAULT_DTYPE = torch.float64
+# float32 accumulators: measured against relion_reconstruct the maps agree as well as with
+# float64 (tests/imaging/test_reconstruct.py), at half the memory and twice the scatter speed.
+_DEFAULT_DTYPE = torch.float32
+# Grid points processed at once when the accumulators are symmetrised (bounds memory).
+_CHUNK = 1 << 19
+# Slice samples scattered at once (their 8 corners' temporaries stay in cache).
+_SPLAT_SAMPLES = 1 << 15
+# Operators whose entries are all within this of -1, 0 or 1 map grid points onto grid points.
+_INTEGER_TOL = 1e-6
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block (restored afterwards).
+
+    Insertion is hundreds of small tensor operations; with two threads every one of them
+    waits at a barrier for the other thread, which on a busy machine is often descheduled.
+    Measured on the shared 2-core box (1,000 particles, 64 px, CTF): 0.8 s on one thread,
+    8.8 s on two. relion_reconstruct 3.1 is single-threaded as well.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _symmetry_operators(
@@ -60,35 +90,35 @@ def _symmetry_operators(
     return name, ops
 
 
-def _slice_frequencies(box: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer 2D frequencies of one image inside the resolution sphere, and their sources.
+def _slice_frequencies(
+    box: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One frequency of every Friedel pair of an image inside the resolution sphere.
 
     Returns
     -------
     kxy
-        ``(M, 2)`` float64 (kx, ky) in cycles per box, all with ``|k| <= box / 2`` (RELION's
-        ``r_max = ori_size / 2``). The full plane is listed (not only the rfft half) so that
-        Friedel mates are inserted symmetrically.
+        ``(M, 2)`` float64 (kx, ky) in cycles per box with ``|k| <= box / 2`` (RELION's
+        ``r_max = ori_size / 2``) and ``kx > 0``, or ``kx = 0`` and ``ky >= 0``. Each pair
+        ``{k, -k}`` is listed once: the 3D grid stores only ``x >= 0`` and ``-k`` is implied
+        by Hermitian symmetry. For even boxes the pairs at ``|k| = N/2`` on the axes are
+        included (their DFT value is the one at ``-N/2``).
     src
-        ``(M,)`` long: flat index into the ``(box, box // 2 + 1)`` rfft of the image; frequencies
-        with ``kx < 0`` read their Friedel mate ``-k`` (the caller conjugates them).
+        ``(M,)`` long: flat index of each frequency in the ``(box, box // 2 + 1)`` rfft.
+    mult
+        ``(M,)`` float64 multiplicity: 1, and 1/2 at DC, whose Friedel mate is itself (the
+        Hermitian completion of the ``x = 0`` plane in :meth:`FourierReconstructor.finalize`
+        counts every sample there twice).
     """
     half = box // 2
-    r = torch.arange(-half, box - half, device=device)
+    r = torch.arange(-half, half + 1, device=device)
     ky, kx = torch.meshgrid(r, r, indexing="ij")
     keep = (kx * kx + ky * ky) <= (box / 2) ** 2
-    # For even boxes add the +N/2 row/column so the sphere is symmetric: the DFT value there
-    # equals the one at -N/2 (periodicity), which keeps the inserted slice Hermitian.
+    keep &= (kx > 0) | ((kx == 0) & (ky >= 0))
     kx, ky = kx[keep], ky[keep]
-    if box % 2 == 0:
-        extra = torch.tensor([[half, 0], [0, half]], device=device)
-        kx = torch.cat([kx, extra[:, 0]])
-        ky = torch.cat([ky, extra[:, 1]])
-    mate = kx < 0
-    sx = torch.where(mate, -kx, kx)
-    sy = torch.where(mate, -ky, ky) % box
-    src = sy * (box // 2 + 1) + sx
-    return torch.stack([kx, ky], dim=-1).to(torch.float64), src
+    src = (ky % box) * (box // 2 + 1) + kx
+    mult = torch.where((kx == 0) & (ky == 0), 0.5, 1.0).to(torch.float64)
+    return torch.stack([kx, ky], dim=-1).to(torch.float64), src, mult
 
 
 def _soft_mask_outside(vol: torch.Tensor, width: float = 3.0) -> torch.Tensor:
@@ -139,18 +169,23 @@ class FourierReconstructor:
     symmetry
         Point-group name (``"C1"``, ``"C4"``, ``"D2"``, ... with RELION conventions, through
         :func:`cryopose.geometry.symmetry.symmetry_group`) or an explicit ``(|G|, 3, 3)``
-        tensor of operators ``g`` (poses ``A g`` are equivalent to ``A``).
+        tensor of operators ``g`` (poses ``A g`` are equivalent to ``A``). Applied in
+        :meth:`finalize`; insertion costs the same for every group.
     device
         Where the accumulators live; inputs are moved there.
     dtype
-        Real dtype of the accumulators (``float64`` default; the data grid is complex).
+        Real dtype of the accumulators (``float32`` default, ``float64`` for very long sums).
 
     Notes
     -----
-    Accumulators (memory ``~ 1.5 P^3`` complex + real numbers, independent of the number of
-    particles): ``data[k] = sum_i w_i CTF_i X_i`` and ``weight[k] = sum_i w_i CTF_i^2``, both
-    spread with trilinear weights onto the half grid ``kx >= 0`` (plus one guard column at
-    ``kx = -1`` so that samples with ``-1 < kx < 0`` land where the full grid would put them).
+    The accumulators (memory ``~ 1.5 P^3`` real numbers, independent of the number of
+    particles) are one real tensor ``(3, Z, Y, X)`` holding ``Re data``, ``Im data`` and
+    ``weight``, with ``data[k] = sum_i w_i CTF_i X_i`` and ``weight[k] = sum_i w_i CTF_i^2``
+    spread with trilinear weights. Only the half space ``kx >= 0`` is stored, centred: grid
+    index ``(z + c, y + c, x)`` holds frequency ``(x, y, z)`` in padded-grid units, with
+    ``c = centre``; it reaches the sampled sphere's rim without wrapping, so no index needs a
+    modulo. Samples are inserted once per Friedel pair (flipped to ``x >= 0``); the ``x = 0``
+    plane is completed with the mirrored conjugate in :meth:`finalize`.
     """
 
     def __init__(
@@ -168,6 +203,8 @@ class FourierReconstructor:
             raise InputError(None, f"angpix must be > 0 Angstrom, got {angpix}")
         if pad_factor < 1:
             raise InputError(None, f"pad_factor must be >= 1, got {pad_factor}")
+        if dtype not in (torch.float32, torch.float64):
+            raise InputError(None, f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.box = int(box)
         self.angpix = float(angpix)
         self.pad_factor = float(pad_factor)
@@ -175,13 +212,32 @@ class FourierReconstructor:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
         self.symmetry, self.operators = _symmetry_operators(symmetry, self.device)
-        p = self.pad_box
-        self._shape = (p, p, p // 2 + 3)
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        self.data = torch.zeros(self._shape, dtype=cdtype, device=self.device)
-        self.weight = torch.zeros(self._shape, dtype=dtype, device=self.device)
+        # Samples reach radius R = N/2 * pad; trilinear corners one voxel further (+1 margin
+        # for rounding of the float coordinates).
+        reach = self.box / 2 * self.pad_factor
+        self.centre = math.ceil(reach) + 1
+        side = 2 * self.centre + 2
+        self._shape = (side, side, math.floor(reach) + 3)
+        self._acc = torch.zeros((3, *self._shape), dtype=dtype, device=self.device)
         self.n_inserted = 0
-        self._kxy, self._src = _slice_frequencies(self.box, self.device)
+        kxy, src, mult = _slice_frequencies(self.box, self.device)
+        self._kxy, self._src, self._mult = kxy.to(dtype), src, mult.to(dtype)
+        sz, sy = self._shape[1] * self._shape[2], self._shape[2]
+        corners = [dz * sz + dy * sy + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
+        numel = 3 * self._shape[0] * sz
+        # int32 flat indices halve the index traffic of the scatter when the grid allows.
+        self._index_dtype = torch.int32 if numel < 2**31 else torch.int64
+        self._corners = torch.tensor(corners, dtype=self._index_dtype, device=self.device)
+
+    @property
+    def data(self) -> torch.Tensor:
+        """``(Z, Y, X)`` complex data accumulator (a copy; layout in the class notes)."""
+        return torch.complex(self._acc[0], self._acc[1])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``(Z, Y, X)`` real weight accumulator (a view; layout in the class notes)."""
+        return self._acc[2]
 
     # ------------------------------------------------------------------ insertion
     def insert(
@@ -215,75 +271,194 @@ class FourierReconstructor:
         b = images.shape[0]
         if rotations.shape != (b, 3, 3):
             raise InputError(None, f"expected rotations ({b},3,3), got {tuple(rotations.shape)}")
-        dev = self.device
-        work = torch.float64 if self.dtype == torch.float64 else torch.float32
-        imgs = images.to(device=dev, dtype=work)
-        # Origin N//2 -> index 0 before the FFT so that phases refer to the box centre.
-        ft = torch.fft.rfft2(torch.fft.ifftshift(imgs, dim=(-2, -1))).flatten(1)
-        vals = ft[:, self._src]
-        mate = self._kxy[:, 0] < 0
-        vals = torch.where(mate, vals.conj(), vals)
-        kxy = self._kxy.to(work)
-        if shifts_angst is not None:
-            if shifts_angst.shape != (b, 2):
-                raise InputError(
-                    None, f"expected shifts_angst ({b},2), got {tuple(shifts_angst.shape)}"
-                )
-            t = shifts_angst.to(device=dev, dtype=work) / self.angpix
-            # Translating by +t multiplies the DFT by exp(-2 pi i k.t / N).
-            phase = -2.0 * math.pi / n * (t @ kxy.T)
-            vals = vals * torch.polar(torch.ones_like(phase), phase)
-        ctf2: torch.Tensor | None = None
-        if ctf is not None:
-            if ctf.shape != (b, n, n // 2 + 1):
-                raise InputError(
-                    None, f"expected ctf ({b},{n},{n // 2 + 1}), got {tuple(ctf.shape)}"
-                )
-            c = ctf.to(device=dev, dtype=work).flatten(1)[:, self._src]
-            vals = vals * c
-            ctf2 = c * c
-        if weights is not None:
-            if weights.shape != (b,):
-                raise InputError(None, f"expected weights ({b},), got {tuple(weights.shape)}")
-            w = weights.to(device=dev, dtype=work)[:, None]
-            vals = vals * w
-            ctf2 = (ctf2 if ctf2 is not None else torch.ones_like(w)) * w
-        wts = ctf2 if ctf2 is not None else torch.ones((1, 1), dtype=work, device=dev)
-        coords = self._slice_coordinates(rotations.to(device=dev, dtype=torch.float64))
-        g = self.operators.shape[0]
-        # (B, M) -> (B*G, M): each symmetry copy carries the same values.
-        vals = vals.repeat_interleave(g, dim=0)
-        wts = wts.expand(b, -1).repeat_interleave(g, dim=0)
-        self._splat(coords.to(work), vals, wts.expand_as(vals.real))
+        if shifts_angst is not None and shifts_angst.shape != (b, 2):
+            raise InputError(
+                None, f"expected shifts_angst ({b},2), got {tuple(shifts_angst.shape)}"
+            )
+        if ctf is not None and ctf.shape != (b, n, n // 2 + 1):
+            raise InputError(None, f"expected ctf ({b},{n},{n // 2 + 1}), got {tuple(ctf.shape)}")
+        if weights is not None and weights.shape != (b,):
+            raise InputError(None, f"expected weights ({b},), got {tuple(weights.shape)}")
+        if b == 0:
+            return
+        with _one_thread():
+            self._insert(images, rotations, shifts_angst, ctf, weights)
         self.n_inserted += b
 
-    def _slice_coordinates(self, rotations: torch.Tensor) -> torch.Tensor:
-        """3D positions ``(B*G, M, 3)`` (x, y, z) in padded-grid units of every slice sample."""
-        # (A g)^T k = g^T A^T k; only the first two columns of (A g)^T matter (kz = 0).
-        ag = rotations[:, None] @ self.operators[None]  # (B, G, 3, 3)
-        rt = ag.transpose(-1, -2).reshape(-1, 3, 3)[..., :2]  # (B*G, 3, 2)
-        return self.pad_factor * torch.einsum("bij,mj->bmi", rt, self._kxy)
+    def _insert(
+        self,
+        images: torch.Tensor,
+        rotations: torch.Tensor,
+        shifts_angst: torch.Tensor | None,
+        ctf: torch.Tensor | None,
+        weights: torch.Tensor | None,
+    ) -> None:
+        """:meth:`insert` after the checks."""
+        n, b = self.box, images.shape[0]
+        dev, work = self.device, self.dtype
+        ft = torch.fft.rfft2(images.to(device=dev, dtype=work)).flatten(1)[:, self._src]
+        # The FFT origin is index 0, the image origin N // 2: translating by t - N//2 (t the
+        # +origin shift in pixels) multiplies the DFT by exp(-2 pi i k.(t - N//2) / N). One
+        # phase factor replaces the ifftshift copy.
+        t = torch.full((b, 2), -float(n // 2), dtype=work, device=dev)
+        if shifts_angst is not None:
+            t = t + shifts_angst.to(device=dev, dtype=work) / self.angpix
+        phase = (-2.0 * math.pi / n) * (t @ self._kxy.T)
+        amp = self._mult.expand(b, -1)
+        wts = amp
+        if ctf is not None:
+            c = ctf.to(device=dev, dtype=work).flatten(1)[:, self._src]
+            amp = amp * c
+            wts = amp * c
+        if weights is not None:
+            w = weights.to(device=dev, dtype=work)[:, None]
+            amp, wts = amp * w, wts * w
+        vals = ft * torch.polar(torch.ones_like(phase), phase)
+        re, im = vals.real * amp, vals.imag * amp
+        wts = wts.expand(b, -1)
+        pos = self._positions(rotations)
+        # Scatter a few particles at a time: the (8, b, M) temporaries then stay in cache.
+        step = max(1, _SPLAT_SAMPLES // self._kxy.shape[0])
+        for i in range(0, b, step):
+            sl = slice(i, i + step)
+            self._splat(pos[:, sl], re[sl], im[sl], wts[sl])
 
-    def _splat(self, coords: torch.Tensor, vals: torch.Tensor, wts: torch.Tensor) -> None:
-        """Trilinear scatter-add of complex ``vals`` and real ``wts`` at ``coords`` (x, y, z)."""
-        keep = coords[..., 0] > -1.0  # the rest is the Friedel mate of a kept sample
-        coords, vals, wts = coords[keep], vals[keep], wts[keep]
-        base = torch.floor(coords)
-        frac = (coords - base).to(self.dtype)
-        i0 = base.to(torch.long)
-        p, nx = self.pad_box, self._shape[2]
-        # Per axis: the two neighbours' flat-index contributions and weights, (n, 2) each;
-        # broadcasting them to (n, 2, 2, 2) gives all eight corners in one scatter.
-        ix = torch.stack([i0[:, 0] + 1, i0[:, 0] + 2], dim=1)  # +1: guard column for kx = -1
-        iy = torch.stack([i0[:, 1] % p, (i0[:, 1] + 1) % p], dim=1) * nx
-        iz = torch.stack([i0[:, 2] % p, (i0[:, 2] + 1) % p], dim=1) * (p * nx)
-        wx = torch.stack([1 - frac[:, 0], frac[:, 0]], dim=1)
-        wy = torch.stack([1 - frac[:, 1], frac[:, 1]], dim=1)
-        wz = torch.stack([1 - frac[:, 2], frac[:, 2]], dim=1)
-        flat = (iz[:, :, None, None] + iy[:, None, :, None] + ix[:, None, None, :]).flatten()
-        tri = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).flatten(1)
-        self.data.view(-1).index_add_(0, flat, (vals.to(self.data.dtype)[:, None] * tri).flatten())
-        self.weight.view(-1).index_add_(0, flat, (wts.to(self.dtype)[:, None] * tri).flatten())
+    def _positions(self, rotations: torch.Tensor) -> torch.Tensor:
+        """3D positions ``(3, B, M)`` (x, y, z) in padded-grid units of every slice sample."""
+        # A^T k with kz = 0: only the first two columns of A^T matter.
+        rt = rotations.to(device=self.device, dtype=torch.float64).transpose(-1, -2)[..., :2]
+        rt = (self.pad_factor * rt).to(self.dtype)  # (B, 3, 2)
+        return torch.einsum("bij,mj->ibm", rt, self._kxy)
+
+    def _splat(
+        self, pos: torch.Tensor, re: torch.Tensor, im: torch.Tensor, wts: torch.Tensor
+    ) -> None:
+        """Trilinear scatter-add of data ``re + i im`` and weights ``wts`` ``(B, M)`` at ``pos``."""
+        # Friedel: the sample at -q carries conj(value); store whichever has x >= 0.
+        sign = torch.where(pos[0] < 0, -1.0, 1.0).to(self.dtype)
+        pos = pos * sign
+        im = im * sign
+        base = torch.floor(pos)
+        frac = pos - base
+        c = self.centre
+        ny, nx = self._shape[1], self._shape[2]
+        bi = base.to(self._index_dtype)
+        flat = ((bi[2] + c) * ny + (bi[1] + c)) * nx + bi[0]
+        fx, fy, fz = frac.unbind(0)
+        gx, gy = 1 - fx, 1 - fy
+        wyx = torch.stack([gy * gx, gy * fx, fy * gx, fy * fx])  # (4, B, M), x fastest
+        tri = torch.cat([(1 - fz) * wyx, fz * wyx])  # (8, B, M) in self._corners order
+        index = (flat + self._corners[:, None, None]).flatten()
+        acc = self._acc.view(3, -1)
+        for ch, v in enumerate((re, im, wts)):
+            acc[ch].index_add_(0, index, (tri * v).flatten())
+
+    # ------------------------------------------------------------------ symmetrisation
+    def _hermitian_completed(self) -> torch.Tensor:
+        """Copy the accumulators, adding to the ``x = 0`` plane its mirrored conjugate.
+
+        In the full grid a sample near ``x = 0`` also spreads its Friedel mate onto that
+        plane at ``(0, -y, -z)``; inserting each pair once leaves that part out (RELION's
+        ``enforceHermitianSymmetry``).
+        """
+        acc = self._acc.clone()
+        m = 2 * self.centre + 1  # indices 0..2c: coordinate i - c <-> mirrored 2c - i
+        plane = acc[:, :m, :m, 0]
+        mirrored = plane.flip(1, 2) * torch.tensor([1.0, -1.0, 1.0], dtype=acc.dtype)[:, None, None]
+        acc[:, :m, :m, 0] = plane + mirrored
+        return acc
+
+    def _interpolate(self, acc: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Trilinear values ``(3, K)`` (Re, Im, weight) of the Hermitian grid at ``q`` (3, K)."""
+        # The trilinear interpolant of a Hermitian grid is Hermitian: read -q, conjugate.
+        sign = torch.where(q[0] < 0, -1.0, 1.0).to(q.dtype)
+        q = q * sign
+        c = self.centre
+        ny, nx = self._shape[1], self._shape[2]
+        flat_acc = acc.view(3, -1)
+        base = torch.floor(q)
+        fx, fy, fz = (q - base).unbind(0)
+        bi = base.to(torch.int64)
+        flat = ((bi[2] + c) * ny + (bi[1] + c)) * nx + bi[0]
+        wx, wy, wz = (1 - fx, fx), (1 - fy, fy), (1 - fz, fz)
+        out = torch.zeros((3, q.shape[1]), dtype=acc.dtype, device=acc.device)
+        corners = [(dz, dy, dx) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
+        for (dz, dy, dx), offset in zip(corners, self._corners.tolist(), strict=True):
+            out += flat_acc.index_select(1, flat + offset) * (wz[dz] * wy[dy] * wx[dx])
+        out[1] *= sign
+        return out
+
+    def _full_grid(self, acc: torch.Tensor) -> torch.Tensor:
+        """Expand the Hermitian half grid to ``(3, S, S, S)``, coordinates ``-c .. c``."""
+        c = self.centre
+        m = 2 * c + 1
+        half = acc[:, :m, :m, : c + 1]
+        conj = torch.tensor([1.0, -1.0, 1.0], dtype=acc.dtype, device=acc.device)
+        mirror = half[..., 1:].flip(1, 2, 3) * conj[:, None, None, None]
+        return torch.cat([mirror, half], dim=3)
+
+    def _symmetrise_permutations(self, acc: torch.Tensor) -> torch.Tensor:
+        """``sum_g acc(g k)`` on the half grid for signed-permutation operators (exact).
+
+        ``g`` permutes and negates coordinates, so ``acc(g k)`` is the full grid with axes
+        permuted and flipped: a strided copy, no interpolation.
+        """
+        c = self.centre
+        full = self._full_grid(acc)
+        total = torch.zeros_like(full[..., c:])
+        for g in self.operators.round().to(torch.int64).tolist():
+            # (g k)_j = s_j k_perm[j]; coordinate j (x, y, z) is tensor dim 3 - j.
+            perm = [row.index(next(v for v in row if v != 0)) for row in g]
+            signs = [sum(row) for row in g]
+            inv = [perm.index(i) for i in range(3)]
+            view = full.permute(0, 3 - inv[2], 3 - inv[1], 3 - inv[0])
+            # Flip output coordinate i where the source coordinate j = inv[i] is negated.
+            flips = [3 - i for i in range(3) if signs[inv[i]] < 0]
+            # x flipped: x >= 0 of the result is x <= 0 of the view
+            part = view[..., : c + 1] if 3 in flips else view[..., c:]
+            total += part.flip(flips) if flips else part
+        out = torch.zeros_like(acc)
+        out[:, : 2 * c + 1, : 2 * c + 1, : c + 1] = total
+        return out
+
+    def _rfft_grids(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Symmetrised data and weight on the ``(P, P, P // 2 + 1)`` rfft grid, and ``inside``.
+
+        Only voxels inside the sampled sphere (``r < round(N / 2 * pad)``, RELION's
+        ``r_max``) are filled: ``S(k) = sum_g acc(g k)``, by trilinear interpolation in
+        general and by permuting axes for operators that map grid points onto grid points.
+        """
+        p = self.pad_box
+        radius = self._radius()
+        inside = radius < round(self.box / 2 * self.pad_factor)
+        f = torch.fft.fftfreq(p, d=1.0 / p, device=self.device).to(torch.int64)
+        zz, yy, xx = torch.nonzero(inside, as_tuple=True)
+        c = self.centre
+        ny, nx = self._shape[1], self._shape[2]
+        acc = self._hermitian_completed()
+        ops = self.operators
+        identity = torch.eye(3, dtype=ops.dtype, device=ops.device)
+        gather = len(ops) == 1 and bool((ops[0] - identity).abs().max() < _INTEGER_TOL)
+        if not gather and bool(((ops - ops.round()).abs() < _INTEGER_TOL).all()):
+            acc = self._symmetrise_permutations(acc)
+            gather = True
+        if gather:
+            idx = ((f[zz] + c) * ny + (f[yy] + c)) * nx + xx
+            total = acc.view(3, -1).index_select(1, idx)
+        else:
+            k = torch.stack([xx, f[yy], f[zz]]).to(acc.dtype)  # (3, K) integer (x, y, z)
+            g_all = ops.to(acc.dtype)
+            total = torch.zeros((3, k.shape[1]), dtype=acc.dtype, device=self.device)
+            for start in range(0, k.shape[1], _CHUNK):
+                kc = k[:, start : start + _CHUNK]
+                for g in g_all:
+                    total[:, start : start + _CHUNK] += self._interpolate(acc, g @ kc)
+        cdtype = torch.complex128 if acc.dtype == torch.float64 else torch.complex64
+        data = torch.zeros(inside.shape, dtype=cdtype, device=self.device)
+        weight = torch.zeros(inside.shape, dtype=acc.dtype, device=self.device)
+        data[inside] = torch.complex(total[0], total[1])
+        weight[inside] = total[2]
+        return data, weight, inside
 
     # ------------------------------------------------------------------ combination
     def _check_compatible(self, box: int, pad_box: int, symmetry: str, ops: torch.Tensor) -> None:
@@ -301,8 +476,7 @@ class FourierReconstructor:
     def merge(self, other: FourierReconstructor) -> None:
         """Add ``other``'s accumulators to this one (e.g. two half sets -> the full set)."""
         self._check_compatible(other.box, other.pad_box, other.symmetry, other.operators)
-        self.data += other.data.to(device=self.device, dtype=self.data.dtype)
-        self.weight += other.weight.to(device=self.device, dtype=self.weight.dtype)
+        self._acc += other._acc.to(device=self.device, dtype=self.dtype)
         self.n_inserted += other.n_inserted
 
     def state_dict(self) -> dict[str, Any]:
@@ -314,7 +488,7 @@ class FourierReconstructor:
             "pad_box": self.pad_box,
             "symmetry": self.symmetry,
             "operators": self.operators.clone(),
-            "data": self.data.clone(),
+            "data": self.data,
             "weight": self.weight.clone(),
             "n_inserted": self.n_inserted,
         }
@@ -328,13 +502,16 @@ class FourierReconstructor:
         self._check_compatible(
             int(state["box"]), int(state["pad_box"]), str(state["symmetry"]), state["operators"]
         )
-        if tuple(state["data"].shape) != self._shape:
-            raise InputError(
-                None,
-                f"state_dict data has shape {tuple(state['data'].shape)}, expected {self._shape}",
-            )
-        self.data = state["data"].to(device=self.device, dtype=self.data.dtype).clone()
-        self.weight = state["weight"].to(device=self.device, dtype=self.dtype).clone()
+        for key in ("data", "weight"):
+            if tuple(state[key].shape) != self._shape:
+                raise InputError(
+                    None,
+                    f"state_dict {key} has shape {tuple(state[key].shape)}, expected {self._shape}",
+                )
+        data = torch.as_tensor(state["data"]).to(self.device)
+        self._acc[0] = data.real
+        self._acc[1] = data.imag
+        self._acc[2] = torch.as_tensor(state["weight"]).to(self.device)
         self.n_inserted = int(state["n_inserted"])
 
     # ------------------------------------------------------------------ inversion
@@ -405,11 +582,9 @@ class FourierReconstructor:
             device, in the intensity units of the images (projections of it reproduce them).
         """
         p, n = self.pad_box, self.box
-        data = self.data[..., 1 : p // 2 + 2]
-        weight = self.weight[..., 1 : p // 2 + 2]
+        with _one_thread():
+            data, weight, inside = self._rfft_grids()  # RELION: r^2 < ROUND(r_max * pad)^2
         radius = self._radius()
-        r_max_pad = round(n / 2 * self.pad_factor)
-        inside = radius < r_max_pad  # RELION: r^2 < ROUND(r_max * padding_factor)^2
         n_shells = n // 2 + 1
         floor_shell = torch.floor(radius / self.pad_factor).long().clamp_max(n_shells - 1)
         denom = weight.clone()

@@ -21,7 +21,7 @@ import torch
 from cryopose._progress import progress
 from cryopose.errors import InputError
 from cryopose.imaging.ctf import ctf_2d
-from cryopose.imaging.reconstruct import FourierReconstructor
+from cryopose.imaging.reconstruct import FourierReconstructor, _one_thread
 from cryopose.io.mrc import StackCache, read_images
 from cryopose.io.particles import ParticleTable
 
@@ -126,8 +126,13 @@ def reconstruct_particles(
     cache = StackCache()
     recs: dict[int, FourierReconstructor] = {}
     box: int | None = None
+    # One intra-op thread for reading, CTF and insertion: many small tensor operations, which
+    # two threads on a busy machine slow down tenfold (see imaging.reconstruct._one_thread).
     try:
-        with progress("reconstructing", total=n, enabled=show_progress, unit="particles") as adv:
+        with (
+            _one_thread(),
+            progress("reconstructing", total=n, enabled=show_progress, unit="particles") as adv,
+        ):
             for start in range(0, n, batch_size):
                 idx = slice(start, min(start + batch_size, n))
                 images = read_images(locations[idx], cache=cache).to(device)
