@@ -56,6 +56,7 @@ def _register_commands() -> None:
         info,
         project,
         reconstruct,
+        recover,
         simulate,
         tomo,
     )

@@ -5,6 +5,11 @@ estimated distances on a sparse pair graph (or, :func:`recover_orientations_onli
 whose distances a callable such as a Siamese network supplies); :func:`align_o4` and
 :func:`e_or` measure the result against the truth after the best global O(4) transform, and
 :func:`align_so3` expresses the alignment as a rotation (and mirror) of the map frame.
+
+:func:`train_distance_network` trains the Siamese distance estimator
+(:class:`cryopose.models.siamese.SiameseDistance`) on projection pairs simulated from a map;
+:func:`recover_star` recovers the orientations of a star file's particles with it, and
+:func:`evaluate_recovery` scores them against the truth (E_OR, map-frame error, FSC).
 """
 
 from cryopose.recovery.align import align_o4, align_so3, e_or
@@ -15,14 +20,50 @@ from cryopose.recovery.recover import (
     recover_orientations_online,
     sample_pairs,
 )
+from cryopose.recovery.run import (
+    EvaluationResult,
+    RunResult,
+    RunSettings,
+    embed_particles,
+    evaluate_recovery,
+    features_distance_fn,
+    prepare_images,
+    recover_star,
+)
+from cryopose.recovery.train import (
+    DistanceModel,
+    TrainConfig,
+    TrainResult,
+    load_distance_model,
+    prepare_volume,
+    sample_rotation_pairs,
+    spearman,
+    train_distance_network,
+)
 
 __all__ = [
     "DistanceFn",
+    "DistanceModel",
+    "EvaluationResult",
     "RecoveryResult",
+    "RunResult",
+    "RunSettings",
+    "TrainConfig",
+    "TrainResult",
     "align_o4",
     "align_so3",
     "e_or",
+    "embed_particles",
+    "evaluate_recovery",
+    "features_distance_fn",
+    "load_distance_model",
+    "prepare_images",
+    "prepare_volume",
     "recover_orientations",
     "recover_orientations_online",
+    "recover_star",
     "sample_pairs",
+    "sample_rotation_pairs",
+    "spearman",
+    "train_distance_network",
 ]
