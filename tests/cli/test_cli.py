@@ -45,6 +45,7 @@ def test_every_command_help_has_an_example(capsys: pytest.CaptureFixture[str]) -
         ["demo"],
         ["tomo", "simulate"],
         ["tomo", "evaluate"],
+        ["tomo", "match"],
     ]
     for command in commands:
         code, out, _ = run([*command, "--help"], capsys)

@@ -1,8 +1,9 @@
-"""Cryo-ET: simulate SHREC-style tomograms and score particle picks with the SHREC 2020 rules.
+"""Cryo-ET: simulate SHREC-style tomograms, pick particles, score picks with the SHREC 2020 rules.
 
 Example usage::
 
     cryopose tomo simulate -o tomo0 --size 256 --seed 0
+    cryopose tomo match tomo0/reconstruction.mrc -o picks.txt --classes 4cr2,3j9i
     cryopose tomo evaluate picks.txt --truth tomo0 --json
 """
 
@@ -75,3 +76,50 @@ def evaluate(
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         typer.echo(format_tables(result))
+
+
+@tomo_app.command("match")
+def match(
+    tomogram: Annotated[Path, typer.Argument(help="Tomogram (MRC), protein bright.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Picks: SHREC text, pdb x y z rotZ1 rotX rotZ2.")
+    ],
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(help="Class ids to search (repeat or comma-separate); default all bundled."),
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="'filtered' (SHREC TM-F) or 'top' (SHREC TM-T).")
+    ] = "filtered",
+    threshold: Annotated[float, typer.Option(help="TM-F: least z-score kept.")] = 4.0,
+    overlap: Annotated[
+        float, typer.Option(help="TM-F: picks closer than overlap x (r1 + r2) clash.")
+    ] = 0.5,
+    n_per_class: Annotated[int, typer.Option(help="TM-T: picks per class.")] = 100,
+    bin_factor: Annotated[int, typer.Option(help="Binning of the coarse search.")] = 2,
+    coarse_order: Annotated[int, typer.Option(help="HEALPix SO(3) order of the coarse grid.")] = 1,
+    device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Find particles by template matching (FLCF, coarse-to-fine over SO(3), CTF and wedge).
+
+    Writes the picks, strongest first, and next to them a .star file with the same picks and
+    their scores (rlnAutopickFigureOfMerit) and a .json file with the parameters and costs.
+
+    Example: cryopose tomo match tomo0/reconstruction.mrc -o picks.txt --classes 4cr2,3j9i
+    """
+    from cryopose.tomo.template_matching import MatchConfig, match_tomogram_file
+
+    wanted = None if not classes else [c for item in classes for c in item.split(",") if c]
+    picks, result = match_tomogram_file(
+        tomogram,
+        output,
+        classes=wanted,
+        config=MatchConfig(bin_factor=bin_factor, coarse_order=coarse_order),
+        mode=mode,
+        threshold=threshold,
+        overlap=overlap,
+        n_per_class=n_per_class,
+        device=device,
+        progress=lambda name: typer.echo(f"matching {name}", err=True),
+    )
+    typer.echo(f"wrote {output}: {len(picks)} picks in {result.seconds:.1f} s")
