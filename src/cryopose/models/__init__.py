@@ -23,6 +23,14 @@ from cryopose.models.image2sphere import (
     poses_from_logits,
 )
 from cryopose.models.labels import label_cross_entropy, rotation_label_indices, rotation_labels
+from cryopose.models.model_dir import (
+    PoseModelSpec,
+    load_pose_model,
+    read_pose_model_spec,
+    save_pose_model,
+    save_weights,
+    weights_name,
+)
 from cryopose.models.so3 import (
     SO3Grid,
     flat_wigner,
@@ -39,6 +47,7 @@ __all__ = [
     "EncoderKind",
     "Image2Sphere",
     "Image2SphereConfig",
+    "PoseModelSpec",
     "PosePrediction",
     "ResNetEncoder",
     "RotationAveragedEncoder",
@@ -48,13 +57,18 @@ __all__ = [
     "flat_wigner",
     "hemisphere_points",
     "label_cross_entropy",
+    "load_pose_model",
     "poses_from_logits",
+    "read_pose_model_spec",
     "rotation_label_indices",
     "rotation_labels",
     "s2_healpix_points",
     "s2_size",
+    "save_pose_model",
+    "save_weights",
     "so3_local_rotations",
     "so3_size",
     "spherical_harmonics",
+    "weights_name",
     "wigner_d",
 ]
