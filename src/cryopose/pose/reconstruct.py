@@ -12,6 +12,7 @@ torch.Size([64, 64, 64])
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +26,13 @@ from cryopose.imaging.reconstruct import FourierReconstructor, _one_thread
 from cryopose.io.mrc import StackCache, read_images
 from cryopose.io.particles import ParticleTable
 
-__all__ = ["ReconstructionResult", "reconstruct_particles"]
+__all__ = [
+    "ReconstructionResult",
+    "half_set_labels",
+    "insert_particles",
+    "reconstruct_particles",
+    "table_box",
+]
 
 Regularisation = Literal["relion", "wiener", "tau2"]
 
@@ -113,64 +120,27 @@ def reconstruct_particles(
             "expected one pixel size for a reconstruction",
             where="column rlnImagePixelSize",
         )
-    rotations = table.rotations(dtype=torch.float64)
-    shifts = table.shifts_angst(dtype=torch.float64)
-    ctf_params = table.ctf_parameters() if ctf else None
     weights = None
     if weights_column is not None:
         if weights_column not in table.particles.columns:
             raise InputError(table.path, f"missing column {weights_column} for weights")
         weights = torch.as_tensor(table.particles[weights_column].to_numpy(dtype=np.float64))
     subsets = _half_sets(table, seed) if halves else torch.ones(n, dtype=torch.int64)
-    locations = table.image_locations()
-    cache = StackCache()
-    recs: dict[int, FourierReconstructor] = {}
-    box: int | None = None
-    # One intra-op thread for reading, CTF and insertion: many small tensor operations, which
-    # two threads on a busy machine slow down tenfold (see imaging.reconstruct._one_thread).
-    try:
-        with (
-            _one_thread(),
-            progress("reconstructing", total=n, enabled=show_progress, unit="particles") as adv,
-        ):
-            for start in range(0, n, batch_size):
-                idx = slice(start, min(start + batch_size, n))
-                images = read_images(locations[idx], cache=cache).to(device)
-                if box is None:
-                    box = int(images.shape[-1])
-                    for k in (1, 2) if halves else (1,):
-                        recs[k] = FourierReconstructor(box, angpix, pad_factor, symmetry, device)
-                batch_ctf = None
-                if ctf_params is not None:
-                    batch_ctf = ctf_2d(
-                        (box, box),
-                        angpix,
-                        ctf_params["defocus_u"][idx],
-                        ctf_params["defocus_v"][idx],
-                        ctf_params["defocus_angle"][idx],
-                        ctf_params["voltage"][idx],
-                        ctf_params["cs"][idx],
-                        ctf_params["amplitude_contrast"][idx],
-                        ctf_params["phase_shift"][idx],
-                        ctf_params["bfactor"][idx],
-                        ctf_params["ctf_scale"][idx],
-                        device=device,
-                    )
-                for k, rec in recs.items():
-                    sel = subsets[idx] == k
-                    if not bool(sel.any()):
-                        continue
-                    rec.insert(
-                        images[sel],
-                        rotations[idx][sel].to(device),
-                        shifts[idx][sel].to(device),
-                        None if batch_ctf is None else batch_ctf[sel],
-                        None if weights is None else weights[idx][sel].to(device),
-                    )
-                adv(idx.stop - idx.start)
-    finally:
-        cache.close()
-    assert box is not None
+    box = table_box(table)
+    recs = {
+        k: FourierReconstructor(box, angpix, pad_factor, symmetry, device)
+        for k in ((1, 2) if halves else (1,))
+    }
+    insert_particles(
+        table,
+        recs,
+        ctf=ctf,
+        subsets=subsets,
+        weights=weights,
+        batch_size=batch_size,
+        device=device,
+        show_progress=show_progress,
+    )
     if not halves:
         full = recs[1].finalize("relion" if regularisation == "tau2" else regularisation)
         return ReconstructionResult(full, None, None, None, angpix, n, None)
@@ -189,6 +159,99 @@ def reconstruct_particles(
         full = total.finalize(regularisation)
     n_half = (int((subsets == 1).sum()), int((subsets == 2).sum()))
     return ReconstructionResult(full, h1, h2, fsc_curve(h1, h2), angpix, n, n_half)
+
+
+def table_box(table: ParticleTable) -> int:
+    """Box size in pixels of the particles' images (from the first stack's header)."""
+    first = table.image_locations()[:1]
+    cache = StackCache()
+    try:
+        return int(read_images(first, cache=cache).shape[-1])
+    finally:
+        cache.close()
+
+
+def insert_particles(
+    table: ParticleTable,
+    reconstructors: Mapping[int, FourierReconstructor],
+    *,
+    ctf: bool,
+    subsets: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    show_progress: bool = False,
+) -> None:
+    """Back-project every particle of ``table`` into the reconstructor of its half set.
+
+    Parameters
+    ----------
+    table
+        Particles with poses (and CTF columns when ``ctf``).
+    reconstructors
+        Half set -> accumulator; with one entry keyed 1 every particle goes there.
+    ctf
+        Multiply by each particle's CTF (``relion_reconstruct --ctf``).
+    subsets
+        ``(N,)`` int half-set labels (1/2); ``None`` puts every particle in key 1.
+    weights
+        ``(N,)`` per-particle weights or ``None``.
+    batch_size, device, show_progress
+        Images read at once; accumulator device; progress bar.
+    """
+    n = len(table)
+    rotations = table.rotations(dtype=torch.float64)
+    shifts = table.shifts_angst(dtype=torch.float64)
+    ctf_params = table.ctf_parameters() if ctf else None
+    labels = torch.ones(n, dtype=torch.int64) if subsets is None else subsets
+    locations = table.image_locations()
+    cache = StackCache()
+    # One intra-op thread for reading, CTF and insertion: many small tensor operations, which
+    # two threads on a busy machine slow down tenfold (see imaging.reconstruct._one_thread).
+    try:
+        with (
+            _one_thread(),
+            progress("reconstructing", total=n, enabled=show_progress, unit="particles") as adv,
+        ):
+            for start in range(0, n, batch_size):
+                idx = slice(start, min(start + batch_size, n))
+                images = read_images(locations[idx], cache=cache).to(device)
+                box = int(images.shape[-1])
+                batch_ctf = None
+                if ctf_params is not None:
+                    batch_ctf = ctf_2d(
+                        (box, box),
+                        float(table.angpix()[0]),
+                        ctf_params["defocus_u"][idx],
+                        ctf_params["defocus_v"][idx],
+                        ctf_params["defocus_angle"][idx],
+                        ctf_params["voltage"][idx],
+                        ctf_params["cs"][idx],
+                        ctf_params["amplitude_contrast"][idx],
+                        ctf_params["phase_shift"][idx],
+                        ctf_params["bfactor"][idx],
+                        ctf_params["ctf_scale"][idx],
+                        device=device,
+                    )
+                for k, rec in reconstructors.items():
+                    sel = labels[idx] == k
+                    if not bool(sel.any()):
+                        continue
+                    rec.insert(
+                        images[sel],
+                        rotations[idx][sel].to(device),
+                        shifts[idx][sel].to(device),
+                        None if batch_ctf is None else batch_ctf[sel],
+                        None if weights is None else weights[idx][sel].to(device),
+                    )
+                adv(idx.stop - idx.start)
+    finally:
+        cache.close()
+
+
+def half_set_labels(table: ParticleTable, seed: int = 0) -> torch.Tensor:
+    """``(N,)`` 1/2 half-set labels: ``rlnRandomSubset`` if present, else a seeded split."""
+    return _half_sets(table, seed)
 
 
 def _half_sets(table: ParticleTable, seed: int) -> torch.Tensor:
