@@ -50,8 +50,10 @@ def _register_commands() -> None:
     # Each command module adds its commands to ``app``; imported here so that
     # ``cryopose --help`` lists them all.
     from cryopose.cli import (  # noqa: F401
+        benchmark,
         demo,
         density,
+        evaluate,
         fsc,
         info,
         project,
