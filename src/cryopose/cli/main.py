@@ -59,6 +59,7 @@ def _register_commands() -> None:
         project,
         reconstruct,
         recover,
+        refine,
         simulate,
         tomo,
     )

@@ -1,0 +1,688 @@
+"""Local pose refinement by projection matching against a reference map.
+
+The network's poses are a few degrees off (they sit on a HEALPix grid); this polishes them as
+cryoPARES does, with a short local search. For every particle and every candidate pose
+``dR @ R`` (``R`` the particle's pose, ``dR`` a small rotation from
+:func:`cryopose.pose._local_grid.local_rotation_grid`, image-frame meaning explained there):
+
+1. the reference projection is one central slice of the map's padded rfft
+   (:class:`cryopose.imaging.Projector`: all ``B x K`` slices of a batch in one call),
+   multiplied by the particle's CTF (RELION's, :func:`cryopose.imaging.ctf_2d`);
+2. both the particle image (first re-centred by its current origin) and the projection are
+   band-limited to ``0 < |k| <= angpix / resolution`` (no DC: the correlation ignores the mean)
+   and normalised, so the cross-correlation is the real-space Pearson-like correlation
+   ``sum a b / sqrt(sum a^2 sum b^2)`` of the two band-passed images;
+3. one batched inverse FFT of the cross-power spectrum gives that correlation at every
+   translation; its peak inside the disc of radius ``max_shift`` around the current origin
+   (sub-pixel by a parabola through the peak and its neighbours, along x and along y) is the
+   candidate's shift and score.
+
+The best candidate wins: new pose, new origin (RELION sign: the image is the centred
+projection translated by ``-origin``) and its correlation ``cryoposeRefineCC``. An optional
+second, finer pass repeats the search around the winner. Particles stream from memory-mapped
+stacks in batches, so memory is bounded by the batch size, not the particle count.
+
+Score
+-----
+The significance of the match is the z-score of the winning correlation among all ``D^2``
+translations of its correlation map, ``z = (cc - mean) / std``: a true particle at its pose
+gives a sharp peak (measured on 64 px, SNR 0.1 simulations: z = 7.1 +- 0.7), pure noise
+does not (2.6 +- 0.5), a particle at a wrong pose lies in between (4.4 +- 0.6). (The z-score
+of the best candidate among the ``K`` local poses, ``MatchResult.zscore``, is not used: the
+local landscape is smooth for particles and noise alike, about 2.2 vs 2.6.)
+``cryoposeRefineScore`` combines it with the network's confidence ``p``
+(``rlnMaxValueProbDistribution`` clipped to [0, 1], or 1 when the column is absent)::
+
+    cryoposeRefineScore = p / (1 + exp(-(z - z_mid) / z_width))     # in (0, 1)
+
+with ``z_mid = 4`` and ``z_width = 1`` by default (``RefineConfig.score_z_mid``,
+``score_z_width``). ``rlnMaxValueProbDistribution`` itself is left unchanged (it keeps the
+network's value).
+
+Map and particles must agree: same box and same pixel size (1e-3 relative), else an
+:class:`~cryopose.errors.InputError` names both files, e.g. ``map box 128 at 1.000 A/px vs
+particles box 64 at 2.000 A/px``. With ``RefineConfig(rescale_map=True)`` a map at another
+pixel size is instead Fourier-resampled to the particles' pixel size (its box becomes
+``round(D * angpix_map / angpix)``, the pixel size actually reached differs by less than one
+part in that box) and then cropped or zero-padded in real space to the particles' box.
+
+>>> from cryopose.pose.refine import RefineConfig, refine_star  # doctest: +SKIP
+>>> result = refine_star("particles.star", "map.mrc", "refined.star", RefineConfig(fine=True))
+... # doctest: +SKIP
+>>> float(result.angle_change_deg.median())  # doctest: +SKIP
+2.3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cryopose._atomic import atomic_path
+from cryopose._progress import progress as progress_bar
+from cryopose.data.predictions import write_predictions
+from cryopose.errors import InputError
+from cryopose.geometry.distance import geodesic_distance
+from cryopose.imaging.ctf import ctf_2d
+from cryopose.imaging.fft import rfft_freq_grid, rfftn_centred
+from cryopose.imaging.projection import Projector
+from cryopose.imaging.resample import fourier_resize, window_centred
+from cryopose.imaging.shift import fourier_shift_rfft, origin_to_image_shift
+from cryopose.io.mrc import StackCache, read_images, read_map
+from cryopose.io.particles import ParticleTable, read_particles
+from cryopose.pose._local_grid import local_rotation_grid, local_rotations
+
+__all__ = [
+    "MatchResult",
+    "RefineConfig",
+    "RefineResult",
+    "load_reference",
+    "match_local",
+    "refine_particles",
+    "refine_star",
+]
+
+PROB_COLUMN = "rlnMaxValueProbDistribution"
+CC_COLUMN = "cryoposeRefineCC"
+SCORE_COLUMN = "cryoposeRefineScore"
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Settings of a local refinement (saved as JSON next to the output star file).
+
+    Attributes
+    ----------
+    range_deg, step_deg
+        Coarse pass: candidate rotations within ``range_deg`` degrees of the pose, on a cubic
+        axis-angle grid of spacing ``step_deg`` (defaults: 123 candidates).
+    fine
+        Run a second pass around the coarse winner.
+    fine_range_deg, fine_step_deg
+        Grid of the fine pass (defaults +-1.5 degrees at 0.5: 123 candidates).
+    max_shift_angst
+        Translations searched: the disc of this radius (Angstrom) around the particle's
+        current origin.
+    resolution_angst
+        Low-pass for matching in Angstrom (frequencies ``|k| <= 1 / resolution``); ``None``
+        uses everything up to Nyquist.
+    ctf
+        Multiply the projections by each particle's CTF (needs the CTF columns).
+    subpixel
+        Refine the correlation peak by parabolic interpolation (else whole pixels).
+    batch_size
+        Particles matched at once (each holds ``K`` projections and correlation maps).
+    device
+        Torch device.
+    pad_factor
+        Fourier oversampling of the map's transform (RELION's default 2).
+    rescale_map
+        Fourier-resample a map whose pixel size differs from the particles' (see the module
+        docstring) instead of raising.
+    score_z_mid, score_z_width
+        Peak z-score at which ``cryoposeRefineScore`` is half the network confidence, and
+        the width of the logistic (module docstring).
+    symmetry
+        Point group of the map, only recorded (refinement works on any pose).
+    """
+
+    range_deg: float = 6.0
+    step_deg: float = 2.0
+    fine: bool = False
+    fine_range_deg: float = 1.5
+    fine_step_deg: float = 0.5
+    max_shift_angst: float = 10.0
+    resolution_angst: float | None = None
+    ctf: bool = True
+    subpixel: bool = True
+    batch_size: int = 16
+    device: str = "cpu"
+    pad_factor: float = 2.0
+    rescale_map: bool = False
+    score_z_mid: float = 4.0
+    score_z_width: float = 1.0
+    symmetry: str = "C1"
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` (no file) for settings that cannot work."""
+        checks = [
+            (self.range_deg >= 0 and self.step_deg > 0, "range >= 0 and step > 0 degrees"),
+            (
+                self.fine_range_deg >= 0 and self.fine_step_deg > 0,
+                "fine range >= 0 and fine step > 0 degrees",
+            ),
+            (self.max_shift_angst >= 0, "max shift >= 0 Angstrom"),
+            (
+                self.resolution_angst is None or self.resolution_angst > 0,
+                "a positive resolution in Angstrom",
+            ),
+            (self.batch_size >= 1, "batch size >= 1"),
+            (self.pad_factor >= 1, "pad factor >= 1"),
+            (self.score_z_width > 0, "score z width > 0"),
+        ]
+        for ok, expected in checks:
+            if not ok:
+                raise InputError(None, f"refinement settings {self}: expected {expected}")
+
+
+@dataclass
+class MatchResult:
+    """Best candidate of a local search, per particle.
+
+    Attributes
+    ----------
+    rotations
+        ``(B, 3, 3)`` winning RELION rotation matrices.
+    origins_angst
+        ``(B, 2)`` new origins (x, y) in Angstrom, RELION sign.
+    cc
+        ``(B,)`` normalised correlation of the winner.
+    zscore
+        ``(B,)`` z-score of the winner's correlation among the ``K`` candidates.
+    peak_zscore
+        ``(B,)`` z-score of the winner's correlation among all ``D^2`` translations of its
+        correlation map (the significance of the translational peak).
+    index
+        ``(B,)`` index of the winning candidate in the grid.
+    scores
+        ``(B, K)`` best correlation of every candidate (over its allowed shifts).
+    """
+
+    rotations: torch.Tensor
+    origins_angst: torch.Tensor
+    cc: torch.Tensor
+    zscore: torch.Tensor
+    peak_zscore: torch.Tensor
+    index: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class RefineResult:
+    """Outcome of :func:`refine_star` / :func:`refine_particles`.
+
+    Attributes
+    ----------
+    rotations
+        ``(N, 3, 3)`` refined rotation matrices (float64).
+    origins_angst
+        ``(N, 2)`` refined origins in Angstrom (RELION sign).
+    cc
+        ``(N,)`` correlation of the refined pose (``cryoposeRefineCC``).
+    zscore
+        ``(N,)`` z-score of the winning correlation peak among all translations.
+    score
+        ``(N,)`` ``cryoposeRefineScore``.
+    angle_change_deg
+        ``(N,)`` geodesic angle between input and refined pose, degrees.
+    shift_change_angst
+        ``(N,)`` length of the origin change, Angstrom.
+    n_local_poses
+        Candidates per particle in the coarse and (0 without) fine pass.
+    seconds
+        Wall time of the matching.
+    out_star
+        The star file written (``None`` from :func:`refine_particles`).
+    """
+
+    rotations: torch.Tensor
+    origins_angst: torch.Tensor
+    cc: torch.Tensor
+    zscore: torch.Tensor
+    score: torch.Tensor
+    angle_change_deg: torch.Tensor
+    shift_change_angst: torch.Tensor
+    n_local_poses: tuple[int, int]
+    seconds: float
+    out_star: Path | None = None
+
+    @property
+    def n_particles(self) -> int:
+        """Number of particles refined."""
+        return int(self.cc.shape[0])
+
+    @property
+    def particles_per_second(self) -> float:
+        """Matching throughput."""
+        return self.n_particles / max(self.seconds, 1e-9)
+
+    def summary(self) -> dict[str, float]:
+        """Median pose and shift change, mean CC and score, throughput (JSON-friendly)."""
+        return {
+            "n_particles": float(self.n_particles),
+            "median_angle_change_deg": float(self.angle_change_deg.median()),
+            "median_shift_change_angst": float(self.shift_change_angst.median()),
+            "mean_cc": float(self.cc.mean()),
+            "mean_score": float(self.score.mean()),
+            "particles_per_second": self.particles_per_second,
+        }
+
+
+# ---------------------------------------------------------------------- matching
+
+
+def _band_mask(
+    box: int, angpix: float, resolution: float | None, device: torch.device
+) -> torch.Tensor:
+    """``(D, D // 2 + 1)`` bool: ``0 < |k| <= min(Nyquist, angpix / resolution)`` cycles/px."""
+    ky, kx = rfft_freq_grid((box, box), device=device, dtype=torch.float64)
+    k2 = kx * kx + ky * ky
+    kmax = 0.5 if resolution is None else min(0.5, angpix / resolution)
+    return (k2 > 0) & (k2 <= kmax * kmax)
+
+
+def _hermitian_weights(box: int, device: torch.device) -> torch.Tensor:
+    """``(D // 2 + 1,)`` multiplicity of every rfft column in the full spectrum (Parseval)."""
+    w = torch.full((box // 2 + 1,), 2.0, device=device)
+    w[0] = 1.0
+    if box % 2 == 0:
+        w[-1] = 1.0
+    return w
+
+
+def _window_offsets(radius_px: float, box: int, device: torch.device) -> torch.Tensor:
+    """``(W, 2)`` integer (x, y) translations with ``|t| <= radius_px`` (and inside the box)."""
+    r = min(math.floor(radius_px + 1e-6), (box - 1) // 2)
+    ticks = torch.arange(-r, r + 1, device=device)
+    ty, tx = torch.meshgrid(ticks, ticks, indexing="ij")
+    t = torch.stack([tx.reshape(-1), ty.reshape(-1)], dim=-1)
+    inside = (t * t).sum(-1) <= radius_px * radius_px + 1e-6
+    return t[inside]
+
+
+def _parabola_offset(left: torch.Tensor, mid: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Vertex of the parabola through three equally spaced samples, in [-0.5, 0.5]."""
+    denom = left - 2.0 * mid + right
+    safe = torch.where(denom < 0, denom, torch.full_like(denom, -1.0))
+    off = torch.where(denom < 0, 0.5 * (left - right) / safe, torch.zeros_like(denom))
+    return off.clamp(-0.5, 0.5)
+
+
+def match_local(
+    projector: Projector,
+    images: torch.Tensor,
+    rotations: torch.Tensor,
+    origins_angst: torch.Tensor,
+    angpix: float,
+    grid: torch.Tensor,
+    ctf: torch.Tensor | None = None,
+    max_shift_angst: float = 10.0,
+    resolution_angst: float | None = None,
+    subpixel: bool = True,
+) -> MatchResult:
+    """Best pose ``dR @ R`` and origin of each particle by local projection matching.
+
+    Parameters
+    ----------
+    projector
+        Projector of the reference map (box ``D`` equal to the images').
+    images
+        ``(B, D, D)`` particle images.
+    rotations
+        ``(B, 3, 3)`` current RELION rotation matrices.
+    origins_angst
+        ``(B, 2)`` current origins (x, y) in Angstrom (RELION sign); the translation search
+        is centred on them.
+    angpix
+        Pixel size in Angstrom.
+    grid
+        ``(K, 3, 3)`` small rotations (:func:`~cryopose.pose._local_grid.local_rotation_grid`).
+    ctf
+        ``(B, D, D // 2 + 1)`` CTF (rfft layout of :func:`cryopose.imaging.ctf_2d`) or ``None``.
+    max_shift_angst
+        Radius of the translation search around the current origin.
+    resolution_angst
+        Low-pass of the matching (``None``: Nyquist).
+    subpixel
+        Parabolic sub-pixel peak (else whole-pixel translations from the current origin).
+
+    Returns
+    -------
+    MatchResult
+    """
+    dev = projector.device
+    b, d = images.shape[0], projector.size
+    if images.shape[-2:] != (d, d):
+        raise ValueError(f"images are {tuple(images.shape[-2:])}, the projector's box is {d}")
+    real = projector.dtype
+    band = _band_mask(d, angpix, resolution_angst, dev)
+    weights = _hermitian_weights(d, dev).to(real)
+    s0 = origin_to_image_shift(origins_angst.to(dev, torch.float64), angpix)  # (B, 2) px
+    # Re-centre the images by their current origins: translations are then searched in a
+    # fixed disc around index 0 of the correlation map.
+    x = rfftn_centred(images.to(dev, real))
+    x = fourier_shift_rfft(x, (-s0).to(real), (d, d)) * band
+    x_norm = torch.sqrt(((x.real**2 + x.imag**2) * weights).sum((-2, -1)))  # (B,)
+    k = grid.shape[0]
+    cand = local_rotations(rotations.to(dev, torch.float64), grid.to(dev, torch.float64))
+    p = projector.slices(cand.reshape(-1, 3, 3)).reshape(b, k, d, d // 2 + 1)
+    filt = band.to(real) if ctf is None else ctf.to(dev, real) * band
+    p = p * (filt if ctf is None else filt[:, None])
+    p_norm = torch.sqrt(((p.real**2 + p.imag**2) * weights).sum((-2, -1)))  # (B, K)
+    # corr[t] = sum_x img(x) ref(x - t): peak at the translation t that moves the projection
+    # onto the (re-centred) image. irfft2 divides by D^2, Parseval's sum needs that back.
+    corr = torch.fft.irfft2(x[:, None] * p.conj(), s=(d, d))
+    corr = corr * (d * d) / (x_norm[:, None, None, None] * p_norm[..., None, None]).clamp_min(1e-30)
+    offsets = _window_offsets(max_shift_angst / angpix, d, dev)  # (W, 2)
+    flat = (offsets[:, 1] % d) * d + (offsets[:, 0] % d)
+    window = corr.reshape(b, k, d * d)[..., flat]  # (B, K, W)
+    per_cand, where = window.max(dim=-1)  # (B, K)
+    cc, best = per_cand.max(dim=-1)  # (B,)
+    rows = torch.arange(b, device=dev)
+    zscore = _zscore(cc, per_cand)
+    best_map = corr[rows, best]  # (B, D, D)
+    peak_zscore = _zscore(cc, best_map.reshape(b, -1))
+    t = offsets[where[rows, best]].to(torch.float64)  # (B, 2) integer translation
+    if subpixel:
+        t, cc = _subpixel(best_map, t, cc)
+    shift_px = s0 + t  # image = centred projection translated by shift_px
+    return MatchResult(
+        rotations=cand[rows, best],
+        origins_angst=-shift_px * angpix,
+        cc=cc.to(torch.float64),
+        zscore=zscore.to(torch.float64),
+        peak_zscore=peak_zscore.to(torch.float64),
+        index=best,
+        scores=per_cand,
+    )
+
+
+def _zscore(value: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """``(value - mean) / std`` over the last axis of ``samples`` (0 where std is 0)."""
+    if samples.shape[-1] < 2:
+        return torch.zeros_like(value)
+    mean, std = samples.mean(-1), samples.std(-1)
+    return torch.where(std > 0, (value - mean) / std.clamp_min(1e-30), torch.zeros_like(value))
+
+
+def _subpixel(
+    maps: torch.Tensor, t: torch.Tensor, cc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parabolic refinement of integer peaks ``t`` ``(B, 2)`` on correlation maps ``(B, D, D)``."""
+    d = maps.shape[-1]
+    ix, iy = t[:, 0].long(), t[:, 1].long()
+    rows = torch.arange(maps.shape[0], device=maps.device)
+
+    def at(dx: int, dy: int) -> torch.Tensor:
+        return maps[rows, (iy + dy) % d, (ix + dx) % d].to(torch.float64)
+
+    mid = at(0, 0)
+    left_x, right_x, left_y, right_y = at(-1, 0), at(1, 0), at(0, -1), at(0, 1)
+    ox = _parabola_offset(left_x, mid, right_x)
+    oy = _parabola_offset(left_y, mid, right_y)
+    # Peak value of the two parabolas (separable approximation), never below the sample.
+    peak = mid + 0.25 * (ox * (right_x - left_x) + oy * (right_y - left_y))
+    return t + torch.stack([ox, oy], dim=-1), torch.maximum(peak, cc.to(torch.float64))
+
+
+# ---------------------------------------------------------------------- files
+
+
+def load_reference(
+    map_path: str | Path, table: ParticleTable, box: int, rescale: bool = False
+) -> tuple[torch.Tensor, float]:
+    """Read the reference map and check (or adapt) it to the particles' box and pixel size.
+
+    Parameters
+    ----------
+    map_path
+        Reference map (``.mrc``).
+    table
+        The particles (one pixel size for all).
+    box
+        The particles' box in pixels.
+    rescale
+        Fourier-resample a map at another pixel size (module docstring) instead of raising.
+
+    Returns
+    -------
+    volume, angpix
+        ``(box, box, box)`` float32 map and the particles' pixel size in Angstrom.
+
+    Raises
+    ------
+    InputError
+        Pixel sizes of the particles differ, or the map does not match them.
+    """
+    apix_all = table.angpix()
+    angpix = float(apix_all[0])
+    if not np.allclose(apix_all, angpix, rtol=1e-4):
+        raise InputError(
+            table.path,
+            f"particles have different pixel sizes ({sorted(set(apix_all.tolist()))}); "
+            "expected one pixel size",
+            where="column rlnImagePixelSize",
+        )
+    volume, map_apix = read_map(map_path)
+    d = int(volume.shape[-1])
+    same_apix = abs(map_apix - angpix) <= 1e-3 * angpix
+    if len(set(volume.shape)) != 1 or ((d != box or not same_apix) and not rescale):
+        raise InputError(
+            map_path,
+            f"map box {d} at {map_apix:.3f} A/px vs particles box {box} at {angpix:.3f} A/px "
+            f"(particles: {table.path}); expected the same box and pixel size"
+            + ("" if same_apix else " (or RefineConfig(rescale_map=True))"),
+        )
+    if not same_apix:
+        new = max(2, round(d * map_apix / angpix))
+        volume = fourier_resize(volume, new, ndim=3)
+    if volume.shape[-1] != box:
+        volume = window_centred(volume, box, ndim=3)
+    return volume.contiguous(), angpix
+
+
+def _batch_ctf(
+    params: dict[str, torch.Tensor], idx: slice, box: int, angpix: float, device: torch.device
+) -> torch.Tensor:
+    """``(B, D, D // 2 + 1)`` RELION CTF of the particles ``idx``."""
+    return ctf_2d(
+        (box, box),
+        angpix,
+        params["defocus_u"][idx],
+        params["defocus_v"][idx],
+        params["defocus_angle"][idx],
+        params["voltage"][idx],
+        params["cs"][idx],
+        params["amplitude_contrast"][idx],
+        params["phase_shift"][idx],
+        params["bfactor"][idx],
+        params["ctf_scale"][idx],
+        device=device,
+    )
+
+
+def _box_of(table: ParticleTable, cache: StackCache) -> int:
+    """Box size of the particles, from the first image's stack."""
+    return int(read_images(table.image_locations()[:1], cache=cache).shape[-1])
+
+
+def _network_probability(table: ParticleTable) -> torch.Tensor:
+    """``(N,)`` network confidence in [0, 1]: ``rlnMaxValueProbDistribution`` or ones."""
+    if PROB_COLUMN not in table.particles.columns:
+        return torch.ones(len(table), dtype=torch.float64)
+    values = table.particles[PROB_COLUMN].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise InputError(
+            table.path,
+            f"expected a number, found {values[bad[0]]}",
+            where=f"row {bad[0] + 1}, column {PROB_COLUMN}",
+        )
+    return torch.from_numpy(np.clip(values, 0.0, 1.0))
+
+
+def refine_particles(
+    table: ParticleTable,
+    volume: torch.Tensor,
+    config: RefineConfig | None = None,
+    progress: bool = True,
+) -> RefineResult:
+    """Refine the poses and origins of every particle of ``table`` against ``volume``.
+
+    Parameters
+    ----------
+    table
+        Particles with images, poses, (origins) and, when ``config.ctf``, CTF columns.
+    volume
+        ``(D, D, D)`` reference map at the particles' box and pixel size.
+    config
+        Search settings (defaults: ``RefineConfig()``).
+    progress
+        Progress bar.
+
+    Returns
+    -------
+    RefineResult
+        With ``out_star=None``; the table is not modified.
+    """
+    cfg = RefineConfig() if config is None else config
+    cfg.validate()
+    n = len(table)
+    if n == 0:
+        raise InputError(table.path, "no particles to refine")
+    dev = torch.device(cfg.device)
+    angpix = float(table.angpix()[0])
+    rot_in = table.rotations(dtype=torch.float64)
+    origin_in = table.shifts_angst(dtype=torch.float64)
+    ctf_params = table.ctf_parameters() if cfg.ctf else None
+    prob = _network_probability(table)
+    locations = table.image_locations()
+    projector = Projector(volume.to(dev), pad_factor=cfg.pad_factor)
+    coarse = local_rotation_grid(cfg.range_deg, cfg.step_deg).to(dev)
+    fine = local_rotation_grid(cfg.fine_range_deg, cfg.fine_step_deg).to(dev) if cfg.fine else None
+    rot_out = torch.empty_like(rot_in)
+    origin_out = torch.empty_like(origin_in)
+    cc = torch.empty(n, dtype=torch.float64)
+    zscore = torch.empty(n, dtype=torch.float64)
+    cache = StackCache()
+    start_time = time.perf_counter()
+    try:
+        with progress_bar("refining", total=n, enabled=progress, unit="particles") as advance:
+            for start in range(0, n, cfg.batch_size):
+                idx = slice(start, min(start + cfg.batch_size, n))
+                images = read_images(locations[idx], cache=cache).to(dev)
+                box = int(images.shape[-1])
+                if box != projector.size:
+                    raise InputError(
+                        table.path,
+                        f"images are {box} px but the reference map is {projector.size} px",
+                    )
+                ctf = None if ctf_params is None else _batch_ctf(ctf_params, idx, box, angpix, dev)
+                kwargs: dict[str, Any] = {
+                    "angpix": angpix,
+                    "ctf": ctf,
+                    "max_shift_angst": cfg.max_shift_angst,
+                    "resolution_angst": cfg.resolution_angst,
+                    "subpixel": cfg.subpixel,
+                }
+                origins = origin_in[idx]
+                first = match_local(projector, images, rot_in[idx], origins, grid=coarse, **kwargs)
+                best = first
+                if fine is not None:
+                    # Same translation disc (around the input origin) for both passes.
+                    best = match_local(
+                        projector, images, first.rotations, origins, grid=fine, **kwargs
+                    )
+                rot_out[idx] = best.rotations.cpu()
+                origin_out[idx] = best.origins_angst.cpu()
+                cc[idx] = best.cc.cpu()
+                zscore[idx] = best.peak_zscore.cpu()
+                advance(idx.stop - idx.start)
+    finally:
+        cache.close()
+    seconds = time.perf_counter() - start_time
+    significance = torch.sigmoid((zscore - cfg.score_z_mid) / cfg.score_z_width)
+    return RefineResult(
+        rotations=rot_out,
+        origins_angst=origin_out,
+        cc=cc,
+        zscore=zscore,
+        score=prob * significance,
+        angle_change_deg=torch.rad2deg(geodesic_distance(rot_in, rot_out)),
+        shift_change_angst=torch.linalg.vector_norm(origin_out - origin_in, dim=-1),
+        n_local_poses=(int(coarse.shape[0]), 0 if fine is None else int(fine.shape[0])),
+        seconds=seconds,
+    )
+
+
+def refine_star(
+    star: str | Path,
+    reference_map: str | Path,
+    out_star: str | Path,
+    config: RefineConfig | None = None,
+    progress: bool = True,
+    particles_dir: str | Path | None = None,
+) -> RefineResult:
+    """Refine a particle star file against a reference map and write the refined star file.
+
+    Every input column is kept; angles and ``rlnOriginXAngst/YAngst`` are replaced,
+    ``cryoposeRefineCC`` and ``cryoposeRefineScore`` added (module docstring). The star file
+    (RELION 3.1 layout) and ``<out_star stem>_refine.json`` (settings and summary) are written
+    atomically.
+
+    Parameters
+    ----------
+    star
+        Input particles (RELION 3.0 or 3.1+).
+    reference_map
+        Map at the particles' box and pixel size (see ``RefineConfig.rescale_map``).
+    out_star
+        Output star file.
+    config
+        Search settings.
+    progress
+        Progress bar.
+    particles_dir
+        Folder to look for the stacks in first.
+
+    Returns
+    -------
+    RefineResult
+
+    Raises
+    ------
+    InputError
+        Bad star file or map, mismatched map (both files named), missing CTF columns with
+        ``config.ctf``.
+    """
+    cfg = RefineConfig() if config is None else config
+    cfg.validate()
+    table = read_particles(star, particles_dir=particles_dir)
+    if len(table) == 0:
+        raise InputError(star, "no particles to refine")
+    if not table.has_poses:
+        raise InputError(star, "expected poses (rlnAngleRot, rlnAngleTilt, rlnAnglePsi) to refine")
+    cache = StackCache()
+    try:
+        box = _box_of(table, cache)
+    finally:
+        cache.close()
+    volume, _ = load_reference(reference_map, table, box, rescale=cfg.rescale_map)
+    result = refine_particles(table, volume, cfg, progress=progress)
+    out = Path(out_star)
+    write_predictions(
+        table,
+        result.rotations,
+        result.origins_angst,
+        {CC_COLUMN: result.cc, SCORE_COLUMN: result.score},
+        out,
+    )
+    record = {
+        "config": dataclasses.asdict(cfg),
+        "star": str(star),
+        "reference_map": str(reference_map),
+        "n_local_poses": list(result.n_local_poses),
+        "summary": result.summary(),
+    }
+    with atomic_path(out.with_name(out.stem + "_refine.json")) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    result.out_star = out
+    return result
