@@ -84,7 +84,8 @@ def test_perturbed_poses_and_origins_come_back(clean: Path) -> None:
     truth = read_particles(clean)
     start = _perturbed(truth, 5.0, 2.5, seed=1)
     volume, _ = read_map(clean.parent / "ground_truth.mrc")
-    result = refine_particles(start, volume, RefineConfig(fine=True), progress=False)
+    config = RefineConfig(step_deg=2.0, fine_range_deg=1.5, fine_step_deg=0.5)
+    result = refine_particles(start, volume, config, progress=False)
     assert float(_errors(truth, start.rotations(torch.float64)).median()) == pytest.approx(5.0)
     assert float(_errors(truth, result.rotations).median()) <= 1.5
     shift_error = result.origins_angst - truth.shifts_angst(torch.float64)
@@ -256,6 +257,8 @@ def test_random_start_is_not_rescued(clean: Path) -> None:
     )
     volume, _ = read_map(clean.parent / "ground_truth.mrc")
     far = float(_errors(truth, start.rotations(torch.float64)).min())
-    result = refine_particles(start, volume, RefineConfig(), progress=False)
-    assert far > 20.0 and float(result.angle_change_deg.max()) <= 6.0 + 1e-6
+    config = RefineConfig()
+    result = refine_particles(start, volume, config, progress=False)
+    reach = config.range_deg + config.fine_range_deg  # coarse ball, then fine ball around it
+    assert far > 20.0 and float(result.angle_change_deg.max()) <= reach + 1e-6
     assert float(result.cc.max()) < 0.9

@@ -1,14 +1,15 @@
 """Refine particle poses and origins locally by projection matching against a reference map.
 
-Each particle's pose is searched within ``--range`` degrees (grid ``--step``; ``--fine`` adds
-a +-1.5 degree pass at 0.5) and its origin within ``--max-shift`` Angstrom, matching
+Each particle's pose is searched within ``--range`` degrees (grid ``--step``), then within
+``--fine-range`` degrees of the winner (grid ``--fine-step``; ``--no-fine`` skips it), and its
+origin within ``--max-shift`` Angstrom, matching
 CTF-modulated projections of the map by Fourier cross-correlation. Writes the refined star
 file (all columns kept, plus cryoposeRefineCC and cryoposeRefineScore) and
 ``OUT_refine.json`` with the settings and summary.
 
 Example usage::
 
-    cryopose refine predicted.star --reference map.mrc -o refined.star --fine
+    cryopose refine predicted.star --reference map.mrc -o refined.star
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ def refine(
     range_deg: Annotated[
         float, typer.Option("--range", help="Angular search radius, degrees.")
     ] = 6.0,
-    step: Annotated[float, typer.Option("--step", help="Angular grid step, degrees.")] = 2.0,
+    step: Annotated[float, typer.Option("--step", help="Angular grid step, degrees.")] = 3.0,
     max_shift: Annotated[
         float, typer.Option("--max-shift", help="Shift search radius around the origin, A.")
     ] = 10.0,
     fine: Annotated[
-        bool, typer.Option("--fine", help="Second pass: +-1.5 degrees at 0.5.")
-    ] = False,
+        bool, typer.Option("--fine/--no-fine", help="Second pass around the winner.")
+    ] = True,
+    fine_range: Annotated[float, typer.Option(help="Fine pass radius, degrees.")] = 2.0,
+    fine_step: Annotated[float, typer.Option(help="Fine pass step, degrees.")] = 1.0,
     resolution: Annotated[
         float | None, typer.Option(help="Low-pass for matching, Angstrom (default Nyquist).")
     ] = None,
@@ -56,7 +59,7 @@ def refine(
 ) -> None:
     """Refine poses and origins in STAR against a reference map.
 
-    Example: cryopose refine predicted.star --reference map.mrc -o refined.star --fine
+    Example: cryopose refine predicted.star --reference map.mrc -o refined.star
     """
     from cryopose.pose.refine import RefineConfig, refine_star
 
@@ -64,6 +67,8 @@ def refine(
         range_deg=range_deg,
         step_deg=step,
         fine=fine,
+        fine_range_deg=fine_range,
+        fine_step_deg=fine_step,
         max_shift_angst=max_shift,
         resolution_angst=resolution,
         ctf=not no_ctf,

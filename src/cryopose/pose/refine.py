@@ -103,11 +103,14 @@ class RefineConfig:
     ----------
     range_deg, step_deg
         Coarse pass: candidate rotations within ``range_deg`` degrees of the pose, on a cubic
-        axis-angle grid of spacing ``step_deg`` (defaults: 123 candidates).
+        axis-angle grid of spacing ``step_deg`` (defaults +-6 at 3 degrees: 33 candidates).
     fine
         Run a second pass around the coarse winner.
     fine_range_deg, fine_step_deg
-        Grid of the fine pass (defaults +-1.5 degrees at 0.5: 123 candidates).
+        Grid of the fine pass (defaults +-2 degrees at 1: 33 candidates). Measured on 64 px,
+        SNR 0.1, poses off by 5 degrees: these defaults reach a median error of 1.96 degrees at
+        35-39 particles/s on one thread, where one pass of +-6 at 2 degrees (123 candidates)
+        reaches 2.10 at 18 particles/s; cropping the coarse pass to half the box was worse.
     max_shift_angst
         Translations searched: the disc of this radius (Angstrom) around the particle's
         current origin.
@@ -135,10 +138,10 @@ class RefineConfig:
     """
 
     range_deg: float = 6.0
-    step_deg: float = 2.0
-    fine: bool = False
-    fine_range_deg: float = 1.5
-    fine_step_deg: float = 0.5
+    step_deg: float = 3.0
+    fine: bool = True
+    fine_range_deg: float = 2.0
+    fine_step_deg: float = 1.0
     max_shift_angst: float = 10.0
     resolution_angst: float | None = None
     ctf: bool = True
