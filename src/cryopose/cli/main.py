@@ -64,7 +64,9 @@ def _register_commands() -> None:
         recover,
         refine,
         simulate,
+        stream,
         tomo,
+        train,
     )
 
 

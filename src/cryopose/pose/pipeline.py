@@ -1,0 +1,205 @@
+"""The pose pipeline for related experiments: network poses -> pruning -> local refinement.
+
+One call takes the particles of a new experiment (straight from picking, no 2D classification)
+and returns the particles worth keeping with polished poses:
+
+1. :func:`cryopose.pose.infer.infer_poses` predicts every pose with the model trained on the
+   other half set and scores it (``cryoposeDirectionalZScore`` when the model folder has
+   validation statistics);
+2. pruning keeps particles whose directional z-score reaches ``threshold`` (or drops the
+   ``junk_fraction`` with the lowest z-scores);
+3. :func:`cryopose.pose.refine.refine_particles` searches a small ball of rotations and
+   shifts around each pose against the reference map.
+
+:class:`PosePipeline` is the callable :func:`cryopose.pose.stream.stream_folder` runs on each
+new file; :func:`run_pipeline` does the same for one star file and writes the result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cryopose._atomic import atomic_path
+from cryopose.errors import InputError
+from cryopose.io.particles import ParticleTable, read_particles, write_particles
+from cryopose.pose.infer import ZSCORE_COLUMN, infer_poses
+from cryopose.pose.pruning import threshold_from_fraction
+from cryopose.pose.reconstruct import table_box
+from cryopose.pose.refine import (
+    CC_COLUMN,
+    SCORE_COLUMN,
+    RefineConfig,
+    load_reference,
+    refine_particles,
+)
+
+__all__ = ["PipelineConfig", "PipelineTimings", "PosePipeline", "run_pipeline"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of :class:`PosePipeline`.
+
+    Attributes
+    ----------
+    threshold
+        Keep particles with directional z-score ``>= threshold``; ``None`` with
+        ``junk_fraction`` ``None`` keeps everything.
+    junk_fraction
+        Alternatively drop this fraction of each batch, lowest z-score first.
+    refine
+        Local refinement settings; ``None`` skips refinement.
+    batch_size
+        Particles per network pass.
+    device
+        Torch device for the network and the refinement.
+    """
+
+    threshold: float | None = None
+    junk_fraction: float | None = None
+    refine: RefineConfig | None = field(default_factory=RefineConfig)
+    batch_size: int = 128
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and self.junk_fraction is not None:
+            raise InputError(None, "give a z-score threshold or a junk fraction, not both")
+
+
+@dataclass
+class PipelineTimings:
+    """Seconds spent per stage and particles seen, summed over calls."""
+
+    inference_s: float = 0.0
+    refinement_s: float = 0.0
+    n_in: int = 0
+    n_kept: int = 0
+
+    @property
+    def particles_per_second(self) -> float:
+        """Particles through inference + refinement per second."""
+        total = self.inference_s + self.refinement_s
+        return self.n_in / total if total > 0 else 0.0
+
+
+def _with_columns(
+    table: ParticleTable,
+    rotations: torch.Tensor,
+    origins: torch.Tensor,
+    columns: dict[str, torch.Tensor],
+) -> ParticleTable:
+    out = replace(table, particles=table.particles.copy(), blocks=dict(table.blocks))
+    out.set_rotations(rotations)
+    out.set_shifts_angst(origins)
+    for label, values in columns.items():
+        out.particles[label] = values.detach().cpu().numpy().astype(np.float64)
+    out.blocks[out.particles_block] = out.particles
+    return out
+
+
+class PosePipeline:
+    """Inference, pruning and local refinement of particle tables with one model and map.
+
+    Parameters
+    ----------
+    model_dir
+        Pose model folder (``cryopose train``).
+    reference
+        Reference map (``.mrc``) for the local refinement at the particles' box and pixel size
+        (rescaled when ``config.refine.rescale_map``); ``None`` skips refinement.
+    config
+        Pipeline settings.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        reference: str | Path | None,
+        config: PipelineConfig | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.reference = None if reference is None else Path(reference)
+        self.config = config if config is not None else PipelineConfig()
+        self.timings = PipelineTimings()
+        self._volume: torch.Tensor | None = None
+
+    def _reference_volume(self, table: ParticleTable) -> torch.Tensor:
+        if self._volume is None:
+            assert self.reference is not None and self.config.refine is not None
+            rescale = self.config.refine.rescale_map
+            self._volume, _ = load_reference(self.reference, table, table_box(table), rescale)
+        return self._volume
+
+    def __call__(self, table: ParticleTable) -> ParticleTable:
+        """Return the kept particles of ``table`` with predicted (and refined) poses."""
+        cfg = self.config
+        start = time.perf_counter()
+        inferred = infer_poses(
+            table, self.model_dir, device=cfg.device, batch_size=cfg.batch_size, progress=False
+        ).table
+        keep = np.ones(len(inferred), dtype=bool)
+        if cfg.threshold is not None or cfg.junk_fraction is not None:
+            if ZSCORE_COLUMN not in inferred.particles.columns:
+                raise InputError(
+                    self.model_dir,
+                    "pruning needs directional statistics (validation_half*.pt from training)",
+                )
+            z = inferred.particles[ZSCORE_COLUMN].to_numpy(dtype=np.float64)
+            t = cfg.threshold
+            if t is None:
+                assert cfg.junk_fraction is not None
+                t = threshold_from_fraction(z, cfg.junk_fraction)
+            keep = z >= t
+        kept = inferred.subset(np.flatnonzero(keep))
+        self.timings.inference_s += time.perf_counter() - start
+        self.timings.n_in += len(table)
+        self.timings.n_kept += len(kept)
+        if cfg.refine is None or self.reference is None or len(kept) == 0:
+            return kept
+        start = time.perf_counter()
+        refine_cfg = replace(cfg.refine, device=cfg.device)
+        result = refine_particles(kept, self._reference_volume(kept), refine_cfg, progress=False)
+        self.timings.refinement_s += time.perf_counter() - start
+        return _with_columns(
+            kept,
+            result.rotations,
+            result.origins_angst,
+            {CC_COLUMN: result.cc, SCORE_COLUMN: result.score},
+        )
+
+
+def run_pipeline(
+    star: str | Path,
+    model_dir: str | Path,
+    reference: str | Path | None,
+    out_star: str | Path,
+    config: PipelineConfig | None = None,
+) -> dict[str, Any]:
+    """Run :class:`PosePipeline` on one star file; write the kept particles and a summary.
+
+    Returns the summary (also written next to ``out_star`` as ``<stem>_pipeline.json``).
+    """
+    table = read_particles(star)
+    pipeline = PosePipeline(model_dir, reference, config)
+    kept = pipeline(table)
+    write_particles(kept, out_star)
+    t = pipeline.timings
+    summary: dict[str, Any] = {
+        "n_input": t.n_in,
+        "n_kept": t.n_kept,
+        "inference_s": t.inference_s,
+        "refinement_s": t.refinement_s,
+        "particles_per_second": t.particles_per_second,
+        "config": asdict(pipeline.config),
+    }
+    out = Path(out_star)
+    with atomic_path(out.with_name(out.stem + "_pipeline.json")) as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary

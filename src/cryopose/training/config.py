@@ -1,0 +1,171 @@
+"""Settings of supervised pose training (:class:`TrainConfig`), saved with every model.
+
+>>> config = TrainConfig(batch_size=16, max_epochs=3)
+>>> TrainConfig.from_dict(config.to_dict()) == config
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryopose.data.augment import AugmentConfig
+from cryopose.errors import InputError
+
+__all__ = ["DEVICES", "TrainConfig"]
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`cryopose.training.train_pose_model` trains (defaults: a CPU run at 64 px).
+
+    Attributes
+    ----------
+    batch_size
+        Particles per optimiser step (per process under DDP).
+    learning_rate
+        Initial RAdam learning rate.
+    weight_decay
+        RAdam weight decay.
+    max_epochs
+        Epochs per model, counted over resumed runs.
+    epoch_size
+        Training particles per epoch (a fresh random subset each epoch, through Lightning's
+        ``limit_train_batches``); ``None``: every training particle. Shorter epochs validate,
+        schedule and checkpoint more often on large data sets.
+    max_minutes
+        Wall-clock budget per model in minutes (Lightning ``max_time``, counted over resumed
+        runs); ``None`` for none.
+    label_smoothing
+        Mass spread uniformly over the grid in the symmetric labels, in ``[0, 1)``.
+    gradient_clip
+        Largest gradient norm (clipping by norm); ``None`` for none.
+    lr_patience
+        Epochs without a better validation median error before the learning rate halves
+        (ReduceLROnPlateau, factor :attr:`lr_factor`).
+    lr_factor
+        Factor of the learning rate on a plateau.
+    min_lr
+        The learning rate never goes below this.
+    early_stopping_patience
+        Epochs without a better validation median error before training stops; ``None``
+        for never.
+    validation_fraction
+        Fraction of each half set held out for validation, in ``(0, 1)``.
+    validate_on_train
+        Validate on the training particles themselves (all of them, not augmented) instead
+        of a held-out split: for overfitting checks and tiny noise-free sets.
+    seed
+        Seed of the splits, the shuffling, the augmentation and the initial weights.
+    num_workers
+        ``DataLoader`` worker processes per training process.
+    device
+        ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+    devices
+        Devices (processes) per node.
+    num_nodes
+        Nodes.
+    strategy
+        Lightning strategy: ``"auto"``, ``"ddp"``, ``"ddp_spawn"``...
+    half_sets
+        True: two models, each trained on one gold-standard half (``rlnRandomSubset``),
+        halves ``(1, 2)``; False: one model on every particle, halves ``(0,)``.
+    augment
+        Pose-aware augmentation of the training images.
+    augmentation
+        What the augmentation does when on.
+    pretrain_particles
+        Particles simulated from the pre-training map.
+    pretrain_epochs
+        Epochs of pre-training on them.
+    pretrain_snr
+        SNR of the simulated particles (``None``: noise-free).
+    keep_checkpoints
+        Keep ``MODEL_DIR/checkpoints`` (full training state) at the end; without them a
+        rerun trains again from the start.
+    """
+
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs: int = 50
+    epoch_size: int | None = None
+    max_minutes: float | None = None
+    label_smoothing: float = 0.05
+    gradient_clip: float | None = 5.0
+    lr_patience: int = 5
+    lr_factor: float = 0.5
+    min_lr: float = 1e-6
+    early_stopping_patience: int | None = 15
+    validation_fraction: float = 0.1
+    validate_on_train: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    half_sets: bool = True
+    augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain_particles: int = 2000
+    pretrain_epochs: int = 5
+    pretrain_snr: float | None = 0.1
+    keep_checkpoints: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> InputError:
+            return InputError(None, f"{expected}, got {getattr(self, name)!r}", f"train {name}")
+
+        for name in ("batch_size", "max_epochs", "devices", "num_nodes", "pretrain_particles"):
+            if getattr(self, name) < 1:
+                raise bad(name, "expected an integer >= 1")
+        if self.pretrain_epochs < 0 or self.num_workers < 0 or self.lr_patience < 0:
+            raise InputError(None, "pretrain_epochs, num_workers and lr_patience must be >= 0")
+        if not self.learning_rate > 0:
+            raise bad("learning_rate", "expected a positive learning rate")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise bad("label_smoothing", "expected a value in [0, 1)")
+        if not 0.0 < self.lr_factor < 1.0:
+            raise bad("lr_factor", "expected a factor in (0, 1)")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise bad("validation_fraction", "expected a fraction in (0, 1)")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise bad("epoch_size", "expected None or a number of particles >= 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise bad("max_minutes", "expected a positive number of minutes")
+        if self.gradient_clip is not None and not self.gradient_clip > 0:
+            raise bad("gradient_clip", "expected a positive gradient norm")
+        if self.device not in DEVICES:
+            raise bad("device", f"expected one of {list(DEVICES)}")
+
+    @property
+    def halves(self) -> tuple[int, ...]:
+        """``(1, 2)`` with half sets, else ``(0,)``."""
+        return (1, 2) if self.half_sets else (0,)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the augmentation as a nested dict)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["augmentation"] = self.augmentation.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(None, f"unknown training settings {unknown}")
+        kw = dict(values)
+        if "augmentation" in kw and not isinstance(kw["augmentation"], AugmentConfig):
+            aug: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in kw["augmentation"].items()
+            }
+            kw["augmentation"] = AugmentConfig(**aug)
+        return cls(**kw)
