@@ -5,6 +5,8 @@ Example usage::
     cryopose tomo simulate -o tomo0 --size 256 --seed 0
     cryopose tomo match tomo0/reconstruction.mrc -o picks.txt --classes 4cr2,3j9i
     cryopose tomo evaluate picks.txt --truth tomo0 --json
+    cryopose tomo train tomo1 tomo2 -o unet --max-minutes 60
+    cryopose tomo pick tomo0/reconstruction.mrc --model unet -o picks.txt
 """
 
 from __future__ import annotations
@@ -123,3 +125,79 @@ def match(
         progress=lambda name: typer.echo(f"matching {name}", err=True),
     )
     typer.echo(f"wrote {output}: {len(picks)} picks in {result.seconds:.1f} s")
+
+
+@tomo_app.command("train")
+def train(
+    folders: Annotated[
+        list[Path], typer.Argument(help="Simulated tomogram folders (cryopose tomo simulate).")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
+    epochs: Annotated[int, typer.Option(help="Epochs in total (resumed runs continue).")] = 30,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after this many minutes of training.")
+    ] = None,
+    steps_per_epoch: Annotated[int, typer.Option(help="Batches per epoch.")] = 50,
+    batch_size: Annotated[int, typer.Option(help="Patches per batch.")] = 4,
+    patch: Annotated[int, typer.Option(help="Patch edge, voxels.")] = 48,
+    width: Annotated[int, typer.Option(help="U-Net channels of the first level.")] = 16,
+    depth: Annotated[int, typer.Option(help="U-Net resolution levels.")] = 3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    erode: Annotated[
+        int, typer.Option(help="Peel target voxels within this distance of another particle.")
+    ] = 1,
+    val_fraction: Annotated[
+        float, typer.Option(help="Fraction of each tomogram's y range held out (0: none).")
+    ] = 0.15,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Train a 3D U-Net picker (13-class segmentation) on simulated tomograms.
+
+    Writes MODEL_DIR/config.json, MODEL_DIR/model.pt (weights only) and
+    MODEL_DIR/checkpoints/last.ckpt; an existing checkpoint is resumed.
+
+    Example: cryopose tomo train tomo0 tomo1 -o unet --epochs 30 --max-minutes 60
+    """
+    from cryopose.models.unet3d import UNet3DConfig
+    from cryopose.tomo.picker import TrainConfig, train_picker
+
+    config = TrainConfig(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        patch=patch,
+        lr=lr,
+        erode=erode,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    folder = train_picker(
+        folders,
+        output,
+        network=UNet3DConfig(width=width, depth=depth),
+        train=config,
+        max_minutes=max_minutes,
+        device=device,
+    )
+    typer.echo(f"wrote {folder}: config.json, model.pt")
+
+
+@tomo_app.command("pick")
+def pick(
+    tomogram: Annotated[Path, typer.Argument(help="Tomogram (MRC), protein bright.")],
+    model: Annotated[Path, typer.Option(help="Model folder from cryopose tomo train.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Picks: SHREC text, pdb x y z.")],
+    device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+    tile: Annotated[
+        int | None, typer.Option(help="Tile edge in voxels (default: the model's).")
+    ] = None,
+) -> None:
+    """Pick particles with a trained U-Net: tiled segmentation, then connected components.
+
+    Example: cryopose tomo pick tomo9/reconstruction.mrc --model unet -o picks.txt
+    """
+    from cryopose.tomo.picker import pick_tomogram_file
+
+    picks = pick_tomogram_file(tomogram, model, output, device=device, tile=tile)
+    typer.echo(f"wrote {output}: {len(picks)} picks")

@@ -1,0 +1,151 @@
+"""U-Net picking on SHREC-style tomograms: SHREC tables and compute next to template matching.
+
+Simulates ``--n-train`` training tomograms (seeds 7101, 7102, ...; no test uses them), trains
+cryopose's 3D U-Net picker within ``--max-minutes`` on this CPU, then picks the tomogram of the
+template-matching benchmark (seed 7001, never seen in training) and prints SHREC's tables for
+the U-Net and for template matching (TM-F, :mod:`bench_template_matching`'s settings) on that
+same tomogram, with the core-hours of each.
+
+Peer: SHREC 2020's best learned picker (UMC): localisation F1 0.949, small-protein F1 0.826 on
+512 x 512 x 200 tomograms at SNR 0.004 (trained on 9 tomograms on GPUs). Compute here is wall
+hours x 2 cores (the machine's cores, shared with other work). The ratio is cryopose's
+localisation F1 over UMC's.
+
+Run from the repository root::
+
+    python benchmarks/bench_unet_picking.py --size 256 --snr 0.05 --n-train 2 --max-minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_template_matching import N_CORES, SEED, THRESHOLD, _summary
+from harness import Row, emit, machine
+
+from cryopose.evaluation.shrec import evaluate_picks, format_tables, load_truth
+from cryopose.io.mrc import read_map
+from cryopose.models.unet3d import UNet3DConfig
+from cryopose.simulate.tomogram import simulate_tomogram
+from cryopose.tomo.peaks import filter_picks
+from cryopose.tomo.picker import TrainConfig, load_picker, pick_tomogram, train_picker
+from cryopose.tomo.template_matching import MatchConfig, match_tomogram
+from cryopose.tomo.templates import load_templates
+
+TRAIN_SEEDS = 7101  # first training seed; tomogram k uses 7101 + k
+UMC_F1 = 0.949
+UMC_SMALL_F1 = 0.826
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256, help="in-plane size (SHREC: 512)")
+    parser.add_argument("--snr", type=float, default=0.05, help="tilt SNR (SHREC: 0.004)")
+    parser.add_argument("--n-train", type=int, default=2, help="training tomograms")
+    parser.add_argument("--max-minutes", type=float, default=30.0, help="training budget")
+    parser.add_argument("--epochs", type=int, default=200, help="epoch cap")
+    parser.add_argument("--width", type=int, default=8, help="U-Net width")
+    parser.add_argument("--depth", type=int, default=3, help="U-Net levels")
+    parser.add_argument("--patch", type=int, default=48, help="patch edge")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--no-tm", action="store_true", help="skip template matching")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cryopose_bench_unet"))
+    parser.add_argument("--tm-work", type=Path, default=Path("/tmp/cryopose_bench_tm"))
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    return parser.parse_args()
+
+
+def _simulate(folder: Path, size: int, seed: int, snr: float) -> Path:
+    if not (folder / "reconstruction.mrc").is_file():
+        simulate_tomogram(folder, size=size, seed=seed, snr=snr, progress=False)
+    return folder
+
+
+def main() -> None:
+    args = _args()
+    torch.set_num_threads(N_CORES)
+    print(machine())
+    args.work.mkdir(parents=True, exist_ok=True)
+    train_dirs = [
+        _simulate(args.work / f"s{args.size}_seed{TRAIN_SEEDS + k}_snr{args.snr}", args.size,
+                  TRAIN_SEEDS + k, args.snr)
+        for k in range(args.n_train)
+    ]  # fmt: skip
+    test_dir = _simulate(
+        args.tm_work / f"s{args.size}_seed{SEED}_snr{args.snr}", args.size, SEED, args.snr
+    )
+    model_dir = args.work / f"unet_s{args.size}_snr{args.snr}_n{args.n_train}"
+    config = TrainConfig(epochs=args.epochs, patch=args.patch, lr=args.lr)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    train_picker(
+        train_dirs,
+        model_dir,
+        UNet3DConfig(width=args.width, depth=args.depth),
+        config,
+        max_minutes=args.max_minutes,
+    )
+    train_wall, train_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    spec, net = load_picker(model_dir)
+    tomo, angpix = read_map(test_dir / "reconstruction.mrc")
+    truth = load_truth(test_dir)
+    wall0 = time.perf_counter()
+    picks = pick_tomogram(tomo, spec, net)
+    pick_wall = time.perf_counter() - wall0
+    unet = evaluate_picks(picks, truth)
+    last = spec.history[-1] if spec.history else {}
+    print(f"\n=== {test_dir.name}: {tuple(tomo.shape)} voxels, {len(truth.class_ids)} objects")
+    print(
+        f"U-Net {args.width}x{args.depth}: {len(spec.history)} epochs of "
+        f"{config.steps_per_epoch} x {config.batch_size} patches of {args.patch}^3 on "
+        f"{args.n_train} tomograms; last epoch {dict(last)}"
+    )
+    print(f"--- U-Net\n{format_tables(unet)}")
+    unet_core_h = (train_wall + pick_wall) / 3600.0 * N_CORES
+    print(
+        f"U-Net compute: training {train_wall:.0f} s wall ({train_cpu:.0f} s CPU), picking "
+        f"{pick_wall:.0f} s wall; {unet_core_h:.3f} core-h at {N_CORES} cores "
+        f"(picking alone {pick_wall / 3600 * N_CORES:.4f} core-h)"
+    )
+    tm_text = "TM not run"
+    if not args.no_tm:
+        templates = load_templates(angpix=angpix)
+        wall0 = time.perf_counter()
+        result = match_tomogram(tomo, templates, MatchConfig(), angpix)
+        tm_wall = time.perf_counter() - wall0
+        tm_f = evaluate_picks(filter_picks(result.candidates, THRESHOLD), truth)
+        tm_core_h = tm_wall / 3600.0 * N_CORES
+        print(f"--- TM-F (threshold {THRESHOLD}) on the same tomogram\n{format_tables(tm_f)}")
+        print(f"TM compute: {tm_wall:.0f} s wall, {tm_core_h:.3f} core-h at {N_CORES} cores")
+        print(_summary("TM-F", tm_f))
+        tm_text = f"TM-F F1 {tm_f.f1:.3f} ({tm_core_h:.3f} core-h)"
+    print(_summary("U-Net", unet))
+    small = unet.size_group_f1.get("small", float("nan"))
+    z, y, x = tomo.shape
+    emit(
+        Row(
+            area="cryo-ET",
+            name=f"U-Net picking, SNR {args.snr}, {x}x{y}x{z}",
+            cryopose=(
+                f"F1 {unet.f1:.3f}, small F1 {small:.3f}; {unet_core_h:.3f} core-h "
+                f"(train {args.n_train} tomos, {args.max_minutes:g} min); same tomo {tm_text}"
+            ),
+            peer=f"SHREC 2020 UMC: F1 {UMC_F1}, small F1 {UMC_SMALL_F1} (SNR 0.004, GPU)",
+            ratio=unet.f1 / UMC_F1,
+            command=(
+                f"python benchmarks/bench_unet_picking.py --size {args.size} --snr {args.snr} "
+                f"--n-train {args.n_train} --max-minutes {args.max_minutes:g}"
+            ),
+        ),
+        args.write,
+    )
+
+
+if __name__ == "__main__":
+    main()

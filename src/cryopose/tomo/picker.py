@@ -1,0 +1,595 @@
+"""Learned cryo-ET picker: train a 3D U-Net on simulated tomograms, pick new ones.
+
+What ``cryopose tomo train`` and ``cryopose tomo pick`` run. Training
+(:func:`train_picker`) reads SHREC model folders (:mod:`cryopose.tomo.segmentation` for the
+targets, loss, augmentation and patch sampling) and fits the network with Lightning; picking
+(:func:`pick_tomogram`) segments a whole tomogram tile by tile and clusters the foreground
+(:mod:`cryopose.tomo.clustering`).
+
+Model folder
+------------
+::
+
+    config.json              {"format": 1, "network": {...}, "class_names": [...],
+                              "class_voxels": {...}, "min_size_fraction": ..., "train": {...},
+                              "history": [...]}
+    model.pt                 U-Net state dict, tensors only: torch.load(weights_only=True)
+    checkpoints/last.ckpt    Lightning checkpoint of the last epoch (to resume training)
+
+``class_voxels`` is the median target volume (voxels, after erosion) of each class over the
+training particles; picking drops components smaller than ``min_size_fraction`` of their
+class's volume. Training resumes from ``checkpoints/last.ckpt`` when it exists (same network),
+continuing up to ``epochs`` epochs in total.
+
+>>> spec = PickerSpec(UNet3DConfig(width=4, depth=2), ("1bxn",), {"1bxn": 100})
+>>> spec.min_voxels()
+{1: 25}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from cryopose._atomic import atomic_path
+from cryopose.errors import InputError
+from cryopose.io.mrc import read_map
+from cryopose.io.picks import Picks, write_picks
+from cryopose.models.unet3d import UNet3D, UNet3DConfig
+from cryopose.simulate.tomogram import DEFAULT_CLASSES
+from cryopose.tomo.clustering import cluster_segmentation
+from cryopose.tomo.segmentation import (
+    PatchDataset,
+    SegmentationModule,
+    TomogramLabels,
+    load_tomogram_labels,
+    n_tiles,
+    normalise,
+    predict_tiled,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "PickerSpec",
+    "TrainConfig",
+    "load_picker",
+    "pick_tomogram",
+    "pick_tomogram_file",
+    "save_picker",
+    "train_picker",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.pt"
+FORMAT = 1
+_LAST = "last.ckpt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (saved in ``config.json``).
+
+    Attributes
+    ----------
+    epochs
+        Epochs in total (a resumed run continues up to this many).
+    steps_per_epoch
+        Batches per epoch (patches are drawn at random each time).
+    batch_size
+        Patches per batch.
+    patch
+        Patch edge in voxels (shrunk to the smallest tomogram edge, multiple of the divisor).
+    lr
+        Adam learning rate.
+    erode
+        Erosion steps of each particle's target (:func:`load_tomogram_labels`).
+    p_particle
+        Probability that a patch is centred on a particle.
+    class_power
+        Class ``c`` is drawn for a particle patch with weight ``voxels_c ** -class_power``
+        (0: uniform over classes; 0.5: small proteins more often).
+    val_fraction
+        Fraction of each tomogram's ``y`` range (at least one patch) held out for validation;
+        0 trains on everything and skips validation.
+    val_patches
+        Validation patches per epoch (fixed).
+    alpha, beta, ce_weight
+        Loss (:func:`cryopose.tomo.segmentation.segmentation_loss`).
+    mirror
+        Also augment with hand-changing flips.
+    seed
+        Seed of the network's initialisation and the patch sampling.
+    """
+
+    epochs: int = 30
+    steps_per_epoch: int = 50
+    batch_size: int = 4
+    patch: int = 48
+    lr: float = 1e-3
+    erode: int = 1
+    p_particle: float = 0.8
+    class_power: float = 0.5
+    val_fraction: float = 0.15
+    val_patches: int = 8
+    alpha: float = 0.5
+    beta: float = 0.5
+    ce_weight: float = 1.0
+    mirror: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PickerSpec:
+    """What a model folder describes.
+
+    Attributes
+    ----------
+    network
+        U-Net architecture; ``n_classes == len(class_names) + 1``.
+    class_names
+        Protein classes, model index ``i + 1`` for ``class_names[i]``.
+    class_voxels
+        Median target voxels per class (from training), for the size filter.
+    min_size_fraction
+        Components smaller than this fraction of their class's volume are dropped.
+    merge_radius
+        Components within this many class radii (radius of a sphere of the class's volume)
+        of a larger kept component of that class are dropped as its fragments.
+    tile, overlap
+        Default tiling of :func:`pick_tomogram`.
+    train
+        Settings of the training that produced the weights.
+    history
+        Per-epoch log (``epoch``, ``train_loss``, ``val_loss``, ``val_fg_dice``, ...).
+    """
+
+    network: UNet3DConfig
+    class_names: tuple[str, ...]
+    class_voxels: Mapping[str, float]
+    min_size_fraction: float = 0.25
+    merge_radius: float = 1.0
+    tile: int = 64
+    overlap: int = 16
+    train: TrainConfig = field(default_factory=TrainConfig)
+    history: tuple[Mapping[str, float], ...] = ()
+
+    def min_voxels(self) -> dict[int, int]:
+        """Least component size per model class index (size filter)."""
+        out = {}
+        for i, name in enumerate(self.class_names):
+            if name in self.class_voxels:
+                out[i + 1] = round(self.min_size_fraction * float(self.class_voxels[name]))
+        return out
+
+    def min_distance(self) -> dict[int, float]:
+        """Fragment suppression radius per class index.
+
+        ``merge_radius`` times the radius of a sphere of the class's volume, in voxels.
+        """
+        out = {}
+        for i, name in enumerate(self.class_names):
+            if name in self.class_voxels:
+                r = (3.0 * float(self.class_voxels[name]) / (4.0 * math.pi)) ** (1.0 / 3.0)
+                out[i + 1] = self.merge_radius * r
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (``format`` included)."""
+        return {
+            "format": FORMAT,
+            "network": self.network.to_dict(),
+            "class_names": list(self.class_names),
+            "class_voxels": {k: float(v) for k, v in self.class_voxels.items()},
+            "min_size_fraction": self.min_size_fraction,
+            "merge_radius": self.merge_radius,
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "train": asdict(self.train),
+            "history": [dict(h) for h in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> PickerSpec:
+        """Inverse of :meth:`to_dict`; :class:`InputError` naming ``path`` on bad content."""
+        try:
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+            spec = cls(
+                network=UNet3DConfig.from_dict(dict(data["network"])),
+                class_names=tuple(str(c) for c in data["class_names"]),
+                class_voxels={str(k): float(v) for k, v in data["class_voxels"].items()},
+                min_size_fraction=float(data["min_size_fraction"]),
+                merge_radius=float(data["merge_radius"]),
+                tile=int(data["tile"]),
+                overlap=int(data["overlap"]),
+                train=TrainConfig(**data["train"]),
+                history=tuple(dict(h) for h in data.get("history", [])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(path, f"not a cryopose picker config ({exc})") from exc
+        if spec.network.n_classes != len(spec.class_names) + 1:
+            raise InputError(
+                path,
+                f"network has {spec.network.n_classes} classes, expected "
+                f"{len(spec.class_names) + 1} (background + class_names)",
+            )
+        return spec
+
+
+# ----------------------------------------------------------------------------- model folder
+
+
+def save_picker(model_dir: str | Path, spec: PickerSpec, net: torch.nn.Module) -> Path:
+    """Write ``config.json`` and the weights-only ``model.pt`` atomically.
+
+    Parameters
+    ----------
+    model_dir
+        Folder (created).
+    spec
+        Description of the model.
+    net
+        The trained :class:`UNet3D`.
+
+    Returns
+    -------
+    Path
+        ``model_dir``.
+    """
+    folder = Path(model_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        torch.save(state, tmp)
+    _write_config(folder, spec)
+    return folder
+
+
+def _write_config(folder: Path, spec: PickerSpec) -> None:
+    with atomic_path(folder / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _read_spec(folder: Path) -> PickerSpec:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise InputError(path, "missing; expected a model folder written by cryopose tomo train")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(path, f"expected JSON ({exc})") from exc
+    return PickerSpec.from_dict(data, path)
+
+
+def load_picker(
+    model_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[PickerSpec, UNet3D]:
+    """Load a model folder; the weights are read with ``torch.load(weights_only=True)``.
+
+    Parameters
+    ----------
+    model_dir
+        Folder written by :func:`save_picker` / :func:`train_picker`.
+    device
+        Where to put the network.
+
+    Returns
+    -------
+    spec, net
+        The description and the network in ``eval`` mode.
+
+    Raises
+    ------
+    InputError
+        Missing or malformed files, weights that do not fit the network.
+    """
+    folder = Path(model_dir)
+    spec = _read_spec(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise InputError(weights, "missing; expected the weights of the trained U-Net")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net = UNet3D(spec.network)
+        net.load_state_dict(state)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise InputError(weights, f"weights do not fit {spec.network} ({exc})") from exc
+    return spec, net.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class _LogLines(Callback):
+    """One log line per epoch (loss, validation metrics, elapsed time); keeps a history."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.history: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        entry = {"epoch": float(trainer.current_epoch + 1), **metrics}
+        entry["elapsed_s"] = time.perf_counter() - self.start
+        self.history.append(entry)
+        if self.enabled:
+            text = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+            print(
+                f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {text} "
+                f"({entry['elapsed_s']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _class_voxels(
+    tomograms: Sequence[TomogramLabels], class_names: Sequence[str]
+) -> dict[str, float]:
+    """Median target voxels of each class over every training particle."""
+    out: dict[str, float] = {}
+    classes = torch.cat([t.classes for t in tomograms])
+    voxels = torch.cat([t.voxels for t in tomograms]).to(torch.float64)
+    for i, name in enumerate(class_names):
+        sel = voxels[classes == i + 1]
+        if len(sel):
+            out[name] = float(sel.median())
+    return out
+
+
+def _patch_edge(tomograms: Sequence[TomogramLabels], patch: int, divisor: int) -> int:
+    """Largest multiple of ``divisor`` not above ``patch`` or any tomogram edge."""
+    smallest = min(min(t.volume.shape) for t in tomograms)
+    edge = (min(patch, smallest) // divisor) * divisor
+    if edge < divisor:
+        raise InputError(tomograms[0].name, f"tomogram edges below the U-Net divisor {divisor}")
+    return edge
+
+
+def train_picker(
+    folders: Sequence[str | Path],
+    model_dir: str | Path,
+    network: UNet3DConfig | None = None,
+    train: TrainConfig | None = None,
+    class_names: Sequence[str] = DEFAULT_CLASSES,
+    max_minutes: float | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Train a U-Net picker on SHREC model folders and write the model folder.
+
+    Parameters
+    ----------
+    folders
+        Simulated tomogram folders (:func:`cryopose.simulate.tomogram.simulate_tomogram`).
+    model_dir
+        Output folder (module docstring); an existing ``checkpoints/last.ckpt`` is resumed.
+    network
+        Architecture; default ``UNet3DConfig(n_classes=len(class_names) + 1)``. When resuming,
+        the saved architecture is used.
+    train
+        Training settings; default :class:`TrainConfig`.
+    class_names
+        Protein classes to learn (default the 12 SHREC classes).
+    max_minutes
+        Stop training after this many minutes (wall clock) even before ``epochs``.
+    device
+        ``cpu``, ``cuda``, ``cuda:1``, ...
+    progress
+        Log one line per epoch (and a progress bar in a terminal).
+
+    Returns
+    -------
+    Path
+        ``model_dir``.
+
+    Raises
+    ------
+    InputError
+        No folders, bad folders, tomograms too small for the patches.
+    """
+    if not folders:
+        raise InputError(None, "expected at least one tomogram folder to train on")
+    folder = Path(model_dir)
+    ckpt_dir = folder / "checkpoints"
+    last = ckpt_dir / _LAST
+    resume = last.is_file() and (folder / CONFIG_NAME).is_file()
+    tc = train or TrainConfig()
+    if resume:
+        old = _read_spec(folder)
+        net_cfg, names = old.network, old.class_names
+    else:
+        names = tuple(class_names)
+        net_cfg = network or UNet3DConfig(n_classes=len(names) + 1)
+    if net_cfg.n_classes != len(names) + 1:
+        raise InputError(None, f"network classes {net_cfg.n_classes} != {len(names)} + 1")
+    tomograms = [load_tomogram_labels(f, names, tc.erode) for f in folders]
+    divisor = 2 ** (net_cfg.depth - 1)
+    edge = _patch_edge(tomograms, tc.patch, divisor)
+    voxels = _class_voxels(tomograms, names)
+    weights = torch.zeros(len(names) + 1, dtype=torch.float64)
+    for i, n in enumerate(names):
+        weights[i + 1] = voxels[n] ** -tc.class_power if voxels.get(n, 0) > 0 else 0.0
+    n_y = min(t.volume.shape[1] for t in tomograms)
+    val_frac = max(tc.val_fraction, edge / n_y) if tc.val_fraction > 0 else 0.0
+    split = 1.0 - val_frac
+    patch = (edge, edge, edge)
+    train_set = PatchDataset(
+        tomograms,
+        patch,
+        tc.steps_per_epoch * tc.batch_size,
+        (0.0, split),
+        weights,
+        tc.p_particle,
+        augment=True,
+        mirror=tc.mirror,
+        seed=tc.seed,
+    )
+    loader = torch.utils.data.DataLoader(train_set, batch_size=tc.batch_size)
+    val_loader = None
+    if val_frac > 0:
+        val_set = PatchDataset(
+            tomograms, patch, tc.val_patches, (split, 1.0), weights, tc.p_particle, False,
+            seed=tc.seed + 1,
+        )  # fmt: skip
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=tc.batch_size)
+    torch.manual_seed(tc.seed)
+    module = SegmentationModule(net_cfg, tc.lr, tc.alpha, tc.beta, tc.ce_weight)
+    spec = PickerSpec(net_cfg, names, voxels, train=tc)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _write_config(folder, spec)
+    log = _LogLines(progress)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+    accelerator = "cpu" if device == "cpu" else "gpu"
+    devices: Any = [torch.device(device).index or 0] if accelerator == "gpu" else 1
+    trainer_options: dict[str, Any] = {
+        "max_epochs": tc.epochs,
+        "max_time": {"minutes": max_minutes} if max_minutes is not None else None,
+        "accelerator": accelerator,
+        "devices": devices,
+        "logger": False,
+        "callbacks": [checkpoint, log],
+        "enable_progress_bar": progress and sys.stderr.isatty(),
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+        "default_root_dir": folder,
+    }
+    _fit(trainer_options, module, loader, val_loader, last if resume else None)
+    old_history = _read_spec(folder).history if resume else ()
+    spec = PickerSpec(net_cfg, names, voxels, train=tc, history=(*old_history, *log.history))
+    return save_picker(folder, spec, module.net)
+
+
+def _fit(
+    trainer_options: dict[str, Any],
+    module: SegmentationModule,
+    loader: torch.utils.data.DataLoader[tuple[torch.Tensor, torch.Tensor]],
+    val_loader: torch.utils.data.DataLoader[tuple[torch.Tensor, torch.Tensor]] | None,
+    ckpt: Path | None,
+) -> None:
+    """``Trainer(**trainer_options).fit`` without Lightning's advice on workers, GPUs, loggers."""
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    quiet = ["lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"]
+    levels = {name: logging.getLogger(name).level for name in quiet}
+    with warnings.catch_warnings():
+        # Patches are cut from tensors already in memory: worker processes would only copy them.
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; not ours to fix.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        for name in quiet:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            trainer = L.Trainer(**trainer_options)
+            trainer.fit(module, loader, val_loader, ckpt_path=ckpt)
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+# ----------------------------------------------------------------------------- picking
+
+
+def pick_tomogram(
+    volume: torch.Tensor,
+    spec: PickerSpec,
+    net: UNet3D,
+    tile: int | None = None,
+    overlap: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> Picks:
+    """Segment a tomogram with the U-Net and cluster the foreground into picks.
+
+    Parameters
+    ----------
+    volume
+        ``(Z, Y, X)`` tomogram, protein bright, the voxel size of the training data.
+    spec, net
+        From :func:`load_picker`.
+    tile, overlap
+        Tiling (default the spec's).
+    device
+        Where the network runs.
+    progress
+        Called with the number of tiles done after each batch.
+
+    Returns
+    -------
+    Picks
+        Centres ``(x, y, z)`` in voxels with class names and scores (mean foreground
+        probability), most confident first.
+    """
+    prob = predict_tiled(
+        net.to(device),
+        normalise(volume),
+        spec.network.n_classes,
+        tile=tile or spec.tile,
+        overlap=spec.overlap if overlap is None else overlap,
+        divisor=net.divisor,
+        device=device,
+        advance=progress,
+    )
+    labels = prob.argmax(dim=0)
+    foreground = 1.0 - prob[0]
+    del prob
+    return cluster_segmentation(
+        labels, spec.class_names, foreground, spec.min_voxels(), spec.min_distance()
+    )
+
+
+def pick_tomogram_file(
+    tomogram: str | Path,
+    model_dir: str | Path,
+    output: str | Path,
+    device: str = "cpu",
+    tile: int | None = None,
+    progress: bool = True,
+) -> Picks:
+    """Read a tomogram, pick it with a model folder and write SHREC-format picks.
+
+    Parameters
+    ----------
+    tomogram
+        ``.mrc`` tomogram.
+    model_dir
+        Model folder from :func:`train_picker`.
+    output
+        SHREC text picks to write (``class x y z`` per line, most confident first).
+    device
+        Where the network runs.
+    tile
+        Tile edge (default the model's).
+    progress
+        Show progress over the tiles.
+
+    Returns
+    -------
+    Picks
+        What was written.
+    """
+    from cryopose._progress import progress as progress_bar
+
+    spec, net = load_picker(model_dir, device)
+    volume, _ = read_map(tomogram)
+    total = n_tiles(volume.shape, tile or spec.tile, spec.overlap, net.divisor)
+    with progress_bar("segmenting", total, progress, unit="tiles") as advance:
+        picks = pick_tomogram(volume, spec, net, tile, device=device, progress=advance)
+    write_picks(picks, output)
+    return picks

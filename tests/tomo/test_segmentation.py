@@ -1,0 +1,140 @@
+"""U-Net segmentation: tiled inference, loss, patches, model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cryopose.errors import InputError
+from cryopose.models.unet3d import UNet3D, UNet3DConfig
+from cryopose.tomo.picker import PickerSpec, load_picker, save_picker
+from cryopose.tomo.segmentation import (
+    PatchDataset,
+    TomogramLabels,
+    augment_rotations,
+    blend_window,
+    predict_tiled,
+    segmentation_loss,
+    tile_starts,
+)
+
+
+def _small_rf_model(n_classes: int = 3) -> nn.Module:
+    """Two 3^3 convolutions: receptive-field radius 2, translation-equivariant."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, n_classes, 3, padding=1)
+    )
+
+
+def test_tiled_equals_whole_volume_when_margin_covers_receptive_field() -> None:
+    model = _small_rf_model()
+    vol = torch.randn(21, 30, 27, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(vol[None, None]).softmax(1)[0]
+    tiled = predict_tiled(model, vol, 3, tile=12, overlap=6, margin=2)
+    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=1e-5)
+    # With no margin the seams see the zero padding of tile edges: not exact any more.
+    seams = predict_tiled(model, vol, 3, tile=12, overlap=6, margin=0)
+    assert float((seams - whole).abs().max()) > 1e-3
+
+
+def test_tiled_unet_equals_whole_volume_in_one_tile() -> None:
+    net = UNet3D(UNet3DConfig(width=4, depth=2, n_classes=5)).eval()
+    vol = torch.randn(13, 16, 18, generator=torch.Generator().manual_seed(2))
+    padded = torch.nn.functional.pad(vol, [0, 0, 0, 0, 0, 1])  # z to a multiple of 2
+    with torch.no_grad():
+        whole = net(padded[None, None]).softmax(1)[0, :, :13]
+    tiled = predict_tiled(net, vol, 5, tile=64, overlap=8, divisor=net.divisor)
+    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(tiled.sum(0), torch.ones(13, 16, 18))
+
+
+def test_tiled_unet_is_exact_with_margin_beyond_its_receptive_field() -> None:
+    # depth 2: radius 2 + 2 * 2 + 2 (pool/up alignment) + 2 = 10 < margin 12, tile starts even.
+    net = UNet3D(UNet3DConfig(width=2, depth=2, n_classes=2)).eval()
+    vol = torch.randn(8, 8, 80, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = net(vol[None, None]).softmax(1)[0]
+    tiled = predict_tiled(net, vol, 2, tile=40, overlap=28, margin=12, divisor=2, batch_size=3)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_tile_starts_and_window() -> None:
+    assert tile_starts(10, 16, 8) == [0]
+    assert tile_starts(40, 16, 12) == [0, 12, 24]
+    assert tile_starts(41, 16, 12) == [0, 12, 24, 25]
+    w = blend_window(8, 4, 1, low_edge=False, high_edge=True)
+    torch.testing.assert_close(
+        w, torch.tensor([0, 1 / 3, 2 / 3, 1, 1, 1, 1, 1.0], dtype=torch.float64)
+    )
+    # Two neighbours overlapping by 4: weights over the overlap sum to a positive value.
+    lo = blend_window(8, 4, 1, low_edge=True, high_edge=False)[4:]
+    hi = blend_window(8, 4, 1, low_edge=False, high_edge=True)[:4]
+    assert bool(((lo + hi) > 0).all())
+
+
+def test_loss_is_zero_for_perfect_prediction_and_matches_dice() -> None:
+    target = torch.randint(0, 3, (2, 4, 4, 4), generator=torch.Generator().manual_seed(4))
+    perfect = 1e4 * torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float()
+    assert float(segmentation_loss(perfect, target, ce_weight=0.0, eps=0.0)) == pytest.approx(0.0)
+    # Uniform prediction: soft Dice of class c = 2 (n_c / 3) / (N / 3 + n_c), by hand.
+    logits = torch.zeros(2, 3, 4, 4, 4)
+    n = target.numel()
+    dice = [
+        2 * (int((target == c).sum()) / 3) / (n / 3 + int((target == c).sum())) for c in range(3)
+    ]
+    expected = 1 - sum(dice) / 3 + torch.log(torch.tensor(3.0)).item()
+    got = segmentation_loss(logits, target, ce_weight=1.0, eps=0.0)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_augmentations_keep_the_wedge_axes() -> None:
+    rots = augment_rotations()
+    # Only flips (no axis swaps): the y tilt axis and the z beam stay put; pairs keep the hand.
+    assert rots == [(), (0, 1), (0, 2), (1, 2)]
+    assert all(len(r) % 2 == 0 for r in rots)
+    assert len(augment_rotations(mirror=True)) == 8
+
+
+def test_patches_centre_particles_and_respect_region() -> None:
+    vol = torch.arange(40 * 40 * 40, dtype=torch.float32).reshape(40, 40, 40)
+    labels = torch.zeros(40, 40, 40, dtype=torch.uint8)
+    labels[18:21, 30:33, 18:21] = 2
+    t = TomogramLabels(
+        "t", vol, labels, torch.tensor([[19, 31, 19]]), torch.tensor([2]), torch.tensor([27])
+    )
+    weights = torch.tensor([0.0, 1.0, 1.0])
+    data = PatchDataset([t], (16, 16, 16), 20, (0.0, 1.0), weights, p_particle=1.0, augment=False)
+    for i in range(len(data)):
+        x, y = data[i]
+        assert x.shape == (1, 16, 16, 16) and y.shape == (16, 16, 16)
+        assert int((y == 2).sum()) == 27  # the whole particle is inside every patch
+    held_out = PatchDataset([t], (16, 16, 16), 10, (0.0, 0.5), weights, 1.0, augment=False)
+    for i in range(len(held_out)):
+        x, _ = held_out[i]
+        y_start = int(x[0, 0, 0, 0]) // 40 % 40
+        assert y_start + 16 <= 20  # patches stay in the first half of y
+    with pytest.raises(InputError, match="too small"):
+        PatchDataset([t], (48, 16, 16), 1, (0.0, 1.0), weights)
+
+
+def test_model_folder_round_trip_weights_only(tmp_path: Path) -> None:
+    net = UNet3D(UNet3DConfig(width=2, depth=2, n_classes=3))
+    spec = PickerSpec(net.config, ("1bxn", "3j9i"), {"1bxn": 100.0, "3j9i": 800.0})
+    save_picker(tmp_path, spec, net)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(state) == set(net.state_dict())
+    loaded_spec, loaded = load_picker(tmp_path)
+    assert loaded_spec == spec
+    x = torch.randn(1, 1, 8, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
+    assert loaded_spec.min_voxels() == {1: 25, 2: 200}
+    (tmp_path / "config.json").write_text('{"format": 1}')
+    with pytest.raises(InputError, match=r"config\.json"):
+        load_picker(tmp_path)
