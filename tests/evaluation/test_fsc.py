@@ -16,7 +16,10 @@ import torch
 from cryopose.errors import InputError
 from cryopose.evaluation.fsc import (
     cesped_deltas,
+    conical_fsc,
+    directional_resolution,
     fsc,
+    hemisphere_directions,
     pcc,
     plot_fsc,
     resolution_at,
@@ -182,3 +185,102 @@ def test_plot_fsc_writes_a_png_atomically(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="differ"):
         plot_fsc({"bad": (freq, curve[:-1])}, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+# ---------------------------------------------------------------------- conical FSC
+
+AXES = torch.eye(3, dtype=torch.float64)  # x, y, z
+
+
+def _brute_force_conical(a: np.ndarray, b: np.ndarray, d: np.ndarray, half: float) -> np.ndarray:
+    """Full complex FFT; voxel (iz, iy, ix) has frequency (x, y, z) = (fx, fy, fz)."""
+    n = a.shape[0]
+    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
+    f = np.fft.fftfreq(n) * n
+    fz, fy, fx = np.meshgrid(f, f, f, indexing="ij")
+    r = np.sqrt(fx**2 + fy**2 + fz**2)
+    shell = np.round(r).astype(int)
+    d = d / np.linalg.norm(d)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.abs(fx * d[0] + fy * d[1] + fz * d[2]) / r
+    cone = cos >= math.cos(math.radians(half)) - 1e-12
+    out = np.full(n // 2 + 1, np.nan)
+    for i in range(1, n // 2 + 1):
+        m = (shell == i) & cone
+        if m.any():
+            num = np.real(np.sum(fa[m] * np.conj(fb[m])))
+            out[i] = num / np.sqrt(np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2))
+    out[0] = 1.0
+    return out
+
+
+@pytest.mark.parametrize("n", [16, 17])
+def test_conical_fsc_equals_brute_force(n: int) -> None:
+    a = _smooth_map(3, n)
+    b = a + 0.05 * torch.randn(a.shape, generator=torch.Generator().manual_seed(4), dtype=a.dtype)
+    dirs = torch.cat([AXES, torch.randn(4, 3, generator=torch.Generator().manual_seed(5))])
+    got = conical_fsc(a, b, dirs, half_angle_deg=25.0)
+    assert got.shape == (7, n // 2 + 1)
+    # On even boxes the Nyquist shell holds aliased samples (+-N/2 are one sample) whose
+    # direction is ambiguous: compared below it only.
+    top = n // 2 if n % 2 == 0 else n // 2 + 1
+    for j, d in enumerate(dirs.double().numpy()):
+        expected = _brute_force_conical(a.numpy(), b.numpy(), d, 25.0)
+        np.testing.assert_allclose(got[j, :top].numpy(), expected[:top], atol=1e-10, equal_nan=True)
+    # A 90 degree cone is the whole sphere: the plain FSC.
+    whole = conical_fsc(a, b, dirs[:2], half_angle_deg=90.0)
+    np.testing.assert_allclose(whole.numpy(), fsc(a, b).expand(2, -1).numpy(), atol=1e-12)
+
+
+def test_conical_fsc_of_identical_maps_is_one() -> None:
+    a = _smooth_map(6, 20)
+    curves = conical_fsc(a, 3.0 * a, hemisphere_directions(1), half_angle_deg=20.0)
+    filled = curves[~torch.isnan(curves)]
+    torch.testing.assert_close(filled, torch.ones_like(filled), rtol=0, atol=1e-12)
+    assert int(torch.isnan(curves).sum()) < curves.numel() // 10  # only some low shells empty
+
+
+def test_flipping_the_cone_around_x_drops_only_the_x_cones() -> None:
+    # map2 = map1 with the sign of every Fourier voxel within 45 degrees of +-x flipped (a
+    # real filter: the region is Friedel-symmetric). Cones of 20 degrees around x lie inside
+    # that region (FSC -1 in every shell), cones around y and z outside it (FSC +1).
+    n, angpix = 24, 2.0
+    a = _smooth_map(7, n)
+    f = torch.fft.fftfreq(n, dtype=torch.float64)
+    fx = torch.fft.rfftfreq(n, dtype=torch.float64)
+    kx = fx[None, None, :].expand(n, n, n // 2 + 1)
+    r = torch.sqrt(kx**2 + f[None, :, None] ** 2 + f[:, None, None] ** 2)
+    flip = kx.abs() >= math.cos(math.radians(45.0)) * r
+    flip[0, 0, 0] = False
+    b = torch.fft.irfftn(torch.fft.rfftn(a) * torch.where(flip, -1.0, 1.0), s=(n, n, n))
+    curves = conical_fsc(a, b, AXES, half_angle_deg=20.0)
+    torch.testing.assert_close(curves[0, 1:], -torch.ones(n // 2, dtype=torch.float64))
+    torch.testing.assert_close(curves[1:, 1:], torch.ones(2, n // 2, dtype=torch.float64))
+    # The plain FSC mixes both: strictly between -1 and 1.
+    plain = fsc(a, b)[1:]
+    assert bool(((plain > -1 + 1e-3) & (plain < 1 - 1e-3)).all())
+    res = directional_resolution(a, b, angpix, AXES, half_angle_deg=20.0)
+    # x: below the threshold from shell 1 (resolution of shell 1, N * angpix); y, z: Nyquist.
+    assert res.resolutions.tolist() == pytest.approx([n * angpix, 2 * angpix, 2 * angpix])
+    assert res.anisotropy == pytest.approx(n / 2)
+    assert res.spread_angst == pytest.approx(n * angpix - 2 * angpix)
+    assert res.worst_direction.tolist() == [1.0, 0.0, 0.0]
+    # Over the 24 HEALPix directions, the worst cones are the ones nearest x.
+    spread = directional_resolution(a, b, angpix, half_angle_deg=20.0)
+    worst = spread.directions[spread.resolutions == spread.resolutions.max()]
+    assert bool((worst[:, 0].abs() > math.cos(math.radians(30.0))).all())
+
+
+def test_hemisphere_directions_are_half_of_the_healpix_centres() -> None:
+    for order, k in ((0, 6), (1, 24), (2, 96)):
+        d = hemisphere_directions(order)
+        assert d.shape == (k, 3)
+        torch.testing.assert_close(
+            torch.linalg.vector_norm(d, dim=-1), torch.ones(k, dtype=d.dtype)
+        )
+        both = torch.cat([d, -d])
+        # No direction is the antipode of another: the 2k vectors are distinct.
+        gaps = torch.cdist(both, both) + 10 * torch.eye(2 * k, dtype=d.dtype)
+        assert float(gaps.min()) > 0.1
+    with pytest.raises(InputError, match="order"):
+        hemisphere_directions(-1)

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cryopose._atomic import atomic_path
@@ -25,8 +26,12 @@ from cryopose.errors import InputError
 
 __all__ = [
     "CespedMetrics",
+    "DirectionalResolution",
     "cesped_deltas",
+    "conical_fsc",
+    "directional_resolution",
     "fsc",
+    "hemisphere_directions",
     "pcc",
     "plot_fsc",
     "resolution_at",
@@ -105,6 +110,196 @@ def fsc(map1: torch.Tensor, map2: torch.Tensor, mask: torch.Tensor | None = None
     out = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
     out[0] = 1.0
     return out
+
+
+def hemisphere_directions(order: int = 1) -> torch.Tensor:
+    """Return unit vectors (x, y, z) of the HEALPix pixel centres of one hemisphere.
+
+    HEALPix centres come in antipodal pairs; a double cone around ``d`` is the one around
+    ``-d``, so one of each pair is kept (``z > 0``, and on the equator ``y > 0`` or
+    ``y == 0, x > 0``). Order 1 (nside 2): 24 directions about 29 degrees apart.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(6 * 4**order, 3)`` float64.
+    """
+    import healpy
+
+    if order < 0:
+        raise InputError(None, f"expected a HEALPix order >= 0, got {order}")
+    nside = 2**order
+    x, y, z = healpy.pix2vec(nside, np.arange(12 * nside * nside), nest=True)
+    v = np.stack([x, y, z], axis=-1)
+    eps = 1e-9
+    keep = (z > eps) | ((np.abs(z) <= eps) & ((y > eps) | ((np.abs(y) <= eps) & (x > 0))))
+    return torch.from_numpy(np.ascontiguousarray(v[keep]))
+
+
+def conical_fsc(
+    map1: torch.Tensor,
+    map2: torch.Tensor,
+    directions: torch.Tensor,
+    half_angle_deg: float = 20.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Directional (conical) FSC: the FSC restricted to Fourier voxels in a cone per direction.
+
+    For each unit direction ``d`` the shell sums of :func:`fsc` only count Fourier voxels
+    ``k != 0`` with ``|k . d| >= |k| cos(half_angle)``: the double cone around ``d`` (a cone
+    and its Friedel mate, so the rfft multiplicities stay exact). Directions are (x, y, z)
+    in the map's frame, where a ``(D, H, W)`` map is indexed ``[z, y, x]``; a map whose
+    information is missing along ``d`` (e.g. views concentrated around the viewing direction
+    ``d``: every central slice is nearly perpendicular to it) has a low FSC in the cone
+    around ``d``. On even boxes the Nyquist shell's cones are approximate: a sample at
+    ``+-N / 2`` is one aliased sample, taken at the sign the rfft gives it.
+
+    Parameters
+    ----------
+    map1, map2
+        ``(N, N, N)`` real maps.
+    directions
+        ``(K, 3)`` directions (x, y, z), normalised here.
+    half_angle_deg
+        Half opening angle of the cones in degrees, in ``(0, 90]`` (90: the plain FSC).
+    mask
+        Optional ``(N, N, N)`` real-space mask multiplied into both maps first.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(K, N // 2 + 1)`` float64; shell 0 set to 1, a shell with no voxel in a cone NaN.
+    """
+    _check_pair(map1, map2, mask)
+    if directions.ndim != 2 or directions.shape[-1] != 3:
+        raise InputError(None, f"expected (K, 3) directions, got {tuple(directions.shape)}")
+    if not 0.0 < half_angle_deg <= 90.0:
+        raise InputError(
+            None, f"expected a cone half angle in (0, 90] degrees, got {half_angle_deg}"
+        )
+    a = map1.to(torch.float64)
+    b = map2.to(device=a.device, dtype=torch.float64)
+    if mask is not None:
+        m = mask.to(device=a.device, dtype=torch.float64)
+        a, b = a * m, b * m
+    fa, fb = torch.fft.rfftn(a), torch.fft.rfftn(b)
+    box = a.shape[0]
+    n = box // 2 + 1
+    shell, mult = _shells(box, a.device)
+    f = torch.fft.fftfreq(box, d=1.0 / box, device=a.device).to(torch.float64)
+    fx = torch.arange(n, device=a.device, dtype=torch.float64)
+    # (x, y, z) frequency of every rfft voxel: dim 2 is x, dim 1 is y, dim 0 is z.
+    shape = (box, box, n)
+    k = torch.stack(
+        [
+            fx[None, None, :].expand(shape),
+            f[None, :, None].expand(shape),
+            f[:, None, None].expand(shape),
+        ],
+        dim=-1,
+    )
+    keep = (shell < n) & (shell > 0)
+    k, idx, w = k[keep], shell[keep], mult[keep]
+    cross = w * (fa * fb.conj()).real[keep]
+    pa, pb = w * fa.abs()[keep] ** 2, w * fb.abs()[keep] ** 2
+    d = directions.to(device=a.device, dtype=torch.float64)
+    d = d / torch.linalg.vector_norm(d, dim=-1, keepdim=True)
+    cos_k = (k @ d.T).abs() / torch.linalg.vector_norm(k, dim=-1, keepdim=True)  # (M, K)
+    inside = (cos_k >= math.cos(math.radians(half_angle_deg)) - 1e-12).to(torch.float64)
+    n_dir = d.shape[0]
+    # Flat (direction, shell) bins: voxel m of cone j goes to bin j * n + shell[m].
+    bins = (idx[:, None] + n * torch.arange(n_dir, device=a.device)[None, :]).reshape(-1)
+
+    def cone_sum(x: torch.Tensor) -> torch.Tensor:
+        flat = (inside * x[:, None]).reshape(-1)
+        total = torch.zeros(n_dir * n, dtype=torch.float64, device=a.device)
+        return total.index_add_(0, bins, flat).reshape(n_dir, n)
+
+    num = cone_sum(cross)
+    den = torch.sqrt(cone_sum(pa) * cone_sum(pb))
+    count = cone_sum(torch.ones_like(cross))
+    ratio = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    out = torch.where(count > 0, ratio, math.nan)
+    out[:, 0] = 1.0
+    return out
+
+
+@dataclass(frozen=True)
+class DirectionalResolution:
+    """FSC resolution per direction (:func:`directional_resolution`).
+
+    Attributes
+    ----------
+    directions
+        ``(K, 3)`` unit directions (x, y, z).
+    curves
+        ``(K, N // 2 + 1)`` conical FSC curves (NaN: shell without voxels in the cone).
+    resolutions
+        ``(K,)`` resolution in Angstrom at the threshold in each cone.
+    threshold
+        FSC threshold used.
+    """
+
+    directions: torch.Tensor
+    curves: torch.Tensor
+    resolutions: torch.Tensor
+    threshold: float
+
+    @property
+    def anisotropy(self) -> float:
+        """Worst over best directional resolution (1: isotropic)."""
+        return float(self.resolutions.max() / self.resolutions.min())
+
+    @property
+    def spread_angst(self) -> float:
+        """Worst minus best directional resolution in Angstrom."""
+        return float(self.resolutions.max() - self.resolutions.min())
+
+    @property
+    def worst_direction(self) -> torch.Tensor:
+        """``(3,)`` direction of the worst resolution."""
+        return self.directions[int(torch.argmax(self.resolutions))]
+
+
+def directional_resolution(
+    map1: torch.Tensor,
+    map2: torch.Tensor,
+    angpix: float,
+    directions: torch.Tensor | None = None,
+    half_angle_deg: float = 20.0,
+    threshold: float = 0.143,
+    mask: torch.Tensor | None = None,
+) -> DirectionalResolution:
+    """Resolution of two maps in cones around many directions: the map's anisotropy.
+
+    Each direction's :func:`conical_fsc` curve (shells without voxels in the cone take the
+    value of the shell below) goes through :func:`resolution_at`.
+
+    Parameters
+    ----------
+    map1, map2
+        ``(N, N, N)`` maps (half maps, or a map and a reference).
+    angpix
+        Voxel size in Angstrom.
+    directions
+        ``(K, 3)`` directions; ``None``: :func:`hemisphere_directions` of order 1 (24).
+    half_angle_deg, mask
+        See :func:`conical_fsc`.
+    threshold
+        FSC threshold (0.143 for half maps, 0.5 against a reference).
+    """
+    dirs = hemisphere_directions(1) if directions is None else directions.to(torch.float64)
+    dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True)
+    curves = conical_fsc(map1, map2, dirs, half_angle_deg, mask).cpu()
+    filled = curves.clone()
+    for i in range(1, filled.shape[1]):
+        gap = torch.isnan(filled[:, i])
+        filled[gap, i] = filled[gap, i - 1]
+    box = map1.shape[-1]
+    res = torch.tensor(
+        [resolution_at(c, box, angpix, threshold) for c in filled], dtype=torch.float64
+    )
+    return DirectionalResolution(dirs.cpu(), curves, res, threshold)
 
 
 def shell_frequencies(box: int, angpix: float) -> torch.Tensor:

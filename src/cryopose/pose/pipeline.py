@@ -29,8 +29,9 @@ import torch
 from cryopose._atomic import atomic_path
 from cryopose.errors import InputError
 from cryopose.io.particles import ParticleTable, read_particles, write_particles
+from cryopose.models.model_dir import read_pose_model_spec
 from cryopose.pose.infer import ZSCORE_COLUMN, infer_poses
-from cryopose.pose.pruning import threshold_from_fraction
+from cryopose.pose.pruning import load_directional_stats, threshold_from_fraction
 from cryopose.pose.reconstruct import table_box
 from cryopose.pose.refine import (
     CC_COLUMN,
@@ -116,6 +117,14 @@ class PosePipeline:
         (rescaled when ``config.refine.rescale_map``); ``None`` skips refinement.
     config
         Pipeline settings.
+
+    Raises
+    ------
+    InputError
+        At construction, before any particle: a model folder without ``config.json``, a
+        missing reference map, or pruning asked of a model without directional statistics
+        (each naming the file or folder). Per table: a reference map whose box or pixel size
+        differs from the particles' (naming the map and the star file).
     """
 
     def __init__(
@@ -128,14 +137,28 @@ class PosePipeline:
         self.reference = None if reference is None else Path(reference)
         self.config = config if config is not None else PipelineConfig()
         self.timings = PipelineTimings()
-        self._volume: torch.Tensor | None = None
+        # One map per (box, pixel size): streamed files need not share them, and a map
+        # resampled for one file must not be used for another.
+        self._volumes: dict[tuple[int, float], torch.Tensor] = {}
+        # Fail before the first particle (a stream may wait long for it), not after inference.
+        read_pose_model_spec(self.model_dir)
+        if self.reference is not None and not self.reference.is_file():
+            raise InputError(self.reference, "reference map not found")
+        pruning = self.config.threshold is not None or self.config.junk_fraction is not None
+        if pruning and load_directional_stats(self.model_dir) is None:
+            raise InputError(
+                self.model_dir,
+                "pruning needs directional statistics (validation_half*.pt from training)",
+            )
 
     def _reference_volume(self, table: ParticleTable) -> torch.Tensor:
-        if self._volume is None:
-            assert self.reference is not None and self.config.refine is not None
+        assert self.reference is not None and self.config.refine is not None
+        box = table_box(table)
+        key = (box, round(float(table.angpix()[0]), 6))
+        if key not in self._volumes:
             rescale = self.config.refine.rescale_map
-            self._volume, _ = load_reference(self.reference, table, table_box(table), rescale)
-        return self._volume
+            self._volumes[key], _ = load_reference(self.reference, table, box, rescale)
+        return self._volumes[key]
 
     def __call__(self, table: ParticleTable) -> ParticleTable:
         """Return the kept particles of ``table`` with predicted (and refined) poses."""
