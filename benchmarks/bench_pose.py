@@ -58,6 +58,11 @@ DEFAULT_STRUCTURE = demo_dir().parent / "shrec" / "1u6g.pdb.gz"  # bundled with 
 BOX, ANGPIX, SNR = 64, 3.0, 0.1
 N_TRAIN, N_TEST, N_TEST_SMALL = 2000, 500, 100
 GRID_ORDER = 3
+NET_SIZE = 32  # cryopose's network input: the 64 px particles Fourier-cropped (6 A/px)
+PRETRAIN_SHARE = 0.7  # of cryopose's training budget spent pre-training on simulated particles
+# Both tools compute on one thread (cryoPARES: n_cpus_if_no_cuda=1): on a shared machine more
+# threads than free cores spin instead of computing.
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 SYMMETRY = "C1"
 BATCH_SIZE = 32
 OUT = ROOT / "benchmarks" / "out"
@@ -284,7 +289,7 @@ def cryopares_train(data: Dataset, work: Path, max_minutes: float) -> dict[str, 
     cmd += ["--config", *CRYOPARES_CONFIG]
     total = int(max_minutes * 60)
     env = dict(
-        os.environ,
+        ONE_THREAD,
         PL_TRAINER_MAX_TIME=f"00:{total // 3600:02d}:{total // 60 % 60:02d}:{total % 60:02d}",
     )
     load_before = loadavg()
@@ -413,33 +418,42 @@ def train_log_speed(model_dir: Path) -> float | None:
 
 
 def cryopose_side(data: Dataset, max_minutes: float, work: Path) -> dict[str, Any]:
-    """Train, infer and evaluate cryopose with the same data, budget, image size and grid."""
-    train_help = require_cryopose_commands()
+    """Train, infer and evaluate cryopose with the same data, budget and output grid.
+
+    The budget covers everything cryopose does with the training particles: reconstructing
+    a map from them (their poses are known) and training one network (no half sets, as the
+    peer) that first pre-trains on fresh particles simulated from that map
+    (``PRETRAIN_SHARE`` of the budget) and then fine-tunes on the particles themselves.
+    """
+    require_cryopose_commands()
     model = work / "model"
     shutil.rmtree(model, ignore_errors=True)
-    cmd = ["cryopose", "train", str(data.train), "-o", str(model), "--symmetry", SYMMETRY]
-    cmd += ["--image-size", str(BOX), "--max-minutes", str(max_minutes), "--device", "cpu"]
-    for option in ("--grid-order", "--output-order"):
-        if option in train_help:
-            cmd += [option, str(GRID_ORDER)]
-            break
     load_before = loadavg()
-    train_run = run_logged(cmd, work / "train.log")
+    reference = work / "train_map.mrc"
+    recon = run_logged(
+        ["cryopose", "reconstruct", str(data.train), "-o", str(reference), "--ctf"],
+        work / "reconstruct.log",
+        ONE_THREAD,
+    )
+    left = max_minutes - recon.seconds / 60.0
+    pretrain, finetune = PRETRAIN_SHARE * left, (1.0 - PRETRAIN_SHARE) * left
+    cmd = ["cryopose", "train", str(data.train), "-o", str(model), "--symmetry", SYMMETRY]
+    cmd += ["--image-size", str(NET_SIZE), "--output-order", str(GRID_ORDER), "--device", "cpu"]
+    cmd += ["--activation-order", "1", "--no-half-sets", "--threads", "1"]
+    cmd += ["--pretrain-map", str(reference), "--pretrain-minutes", f"{pretrain:.3f}"]
+    cmd += ["--pretrain-epochs", "1000", "--max-minutes", f"{finetune:.3f}"]
+    train_run = run_logged(cmd, work / "train.log", ONE_THREAD)
     config = json.loads((model / "config.json").read_text())
-    order = config.get("network", {}).get("output_order")
-    if order != GRID_ORDER:
-        print(
-            f"warning: cryopose model grid order {order}, cryoPARES {GRID_ORDER}", file=sys.stderr
-        )
     speed = train_log_speed(model)
     if speed is None:
-        # No per-epoch log: images seen are unknown, so an upper bound on time is used.
-        speed = N_TRAIN * _epochs_from_config(config) / train_run.seconds
+        sys.exit(f"{model / 'train_log.csv'} has no images/s column")
     train = {
         "images_per_s": speed,
-        "command_seconds": train_run.seconds,
+        "command_seconds": train_run.seconds + recon.seconds,
+        "reconstruct_seconds": recon.seconds,
         "peak_rss_mb": train_run.peak_rss_mb,
-        "grid_order": order,
+        "grid_order": config["network"]["output_order"],
+        "pretrain_snr": config["extra"].get("pretrain_snr"),
         "load": f"{load_before} -> {loadavg()}",
     }
     load_before = loadavg()
@@ -449,6 +463,7 @@ def cryopose_side(data: Dataset, max_minutes: float, work: Path) -> dict[str, An
         run = run_logged(
             ["cryopose", "infer", str(star), "--model", str(model), "-o", str(out)],
             work / f"infer_{label}.log",
+            ONE_THREAD,
         )
         times[label] = run.seconds
     infer = {
@@ -464,15 +479,6 @@ def cryopose_side(data: Dataset, max_minutes: float, work: Path) -> dict[str, An
         text=True,
     )
     return {"train": train, "infer": infer, "error": json.loads(proc.stdout)}
-
-
-def _epochs_from_config(config: dict[str, Any]) -> float:
-    """Epochs trained, as recorded by ``cryopose train`` in the model's ``extra`` block."""
-    extra = config.get("extra", {})
-    for key in ("epochs", "epochs_trained", "n_epochs"):
-        if key in extra.get("training", extra):
-            return float(extra.get("training", extra)[key])
-    sys.exit("cryopose model folder has neither train_log.csv nor an epoch count in config.json")
 
 
 # ----------------------------------------------------------------------------- main

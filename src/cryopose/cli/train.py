@@ -33,10 +33,21 @@ def train(
         Path | None, typer.Option(help="Map to pre-train on simulated particles first.")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads per process (default: one per core; 1 on a busy machine)."),
+    ] = None,
     pretrain_particles: Annotated[
-        int, typer.Option(help="Particles simulated for pre-training.")
-    ] = 2000,
-    pretrain_epochs: Annotated[int, typer.Option(help="Epochs of pre-training.")] = 5,
+        int, typer.Option(help="Fresh particles simulated per pre-training epoch.")
+    ] = 4096,
+    pretrain_epochs: Annotated[int, typer.Option(help="Epochs of pre-training.")] = 10,
+    pretrain_minutes: Annotated[
+        float | None, typer.Option(help="Wall-clock budget of pre-training, minutes.")
+    ] = None,
+    pretrain_snr: Annotated[
+        float | None,
+        typer.Option(help="Final SNR of the simulated particles (default: measured on STAR)."),
+    ] = None,
     angpix: Annotated[
         float | None,
         typer.Option(help="Target pixel size, A (default: the whole box in --image-size)."),
@@ -67,6 +78,9 @@ def train(
     output_order: Annotated[int, typer.Option(help="HEALPix SO(3) order of the output.")] = 3,
     encoder_width: Annotated[int, typer.Option(help="Base width of the encoder.")] = 16,
     lmax: Annotated[int, typer.Option(help="Largest harmonic degree.")] = 6,
+    activation_order: Annotated[
+        int, typer.Option(help="HEALPix SO(3) order of the grid of the ReLU.")
+    ] = 2,
     devices: Annotated[int, typer.Option(help="Devices (processes) per node.")] = 1,
     num_nodes: Annotated[int, typer.Option(help="Nodes.")] = 1,
     strategy: Annotated[str, typer.Option(help="Lightning strategy (auto, ddp...).")] = "auto",
@@ -99,6 +113,7 @@ def train(
         image_size=image_size,
         encoder_width=encoder_width,
         lmax=lmax,
+        activation_order=activation_order,
         output_order=output_order,
     )
     config = TrainConfig(
@@ -110,6 +125,7 @@ def train(
         seed=seed,
         num_workers=num_workers,
         device=device,
+        threads=threads,
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
@@ -118,10 +134,18 @@ def train(
         keep_checkpoints=keep_checkpoints,
         pretrain_particles=pretrain_particles,
         pretrain_epochs=pretrain_epochs,
+        pretrain_minutes=pretrain_minutes,
+        pretrain_snr=pretrain_snr,
     )
     result = train_pose_model(
         table, output, network, preprocess, symmetry, config, pretrain_map, progress=True
     )
+    if result.pretrain is not None:
+        p = result.pretrain
+        typer.echo(
+            f"pre-training: {p.epochs} epochs, real-particle validation median error "
+            f"{p.best_median_deg:.2f} deg, {p.images_per_second:.1f} images/s"
+        )
     for half, r in result.halves.items():
         typer.echo(
             f"half {half}: {r.epochs} epochs, validation median error "

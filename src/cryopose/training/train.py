@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -70,10 +69,11 @@ from cryopose.models.model_dir import (
     save_weights,
     weights_name,
 )
-from cryopose.simulate.particles import SimulationConfig, simulate_particles
+from cryopose.simulate.particles import estimate_radius_px
 from cryopose.training.callbacks import AtomicLastCheckpoint, EpochReport
 from cryopose.training.config import TrainConfig
 from cryopose.training.module import PoseModule, validation_outputs
+from cryopose.training.simulated import SimulatedParticles, estimate_snr, match_map_to_data
 
 __all__ = [
     "EpochShuffleSampler",
@@ -337,6 +337,9 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def _loader(dataset: Any, config: TrainConfig, shuffle: bool, distributed: bool) -> DataLoader[Any]:
+    if isinstance(dataset, SimulatedParticles):
+        # Every item is a whole fresh batch; under DDP Lightning hands each rank its items.
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.num_workers)
     sampler: Sampler[int] | None = None
     if shuffle and not distributed:
         sampler = EpochShuffleSampler(len(dataset), config.seed)
@@ -410,6 +413,7 @@ def _fit_stage(
     initial_state: dict[str, torch.Tensor] | None,
     progress: bool,
     init_seed: int,
+    max_minutes: float | None,
 ) -> tuple[PoseModule, StageResult, L.Trainer]:
     """Train one network with Lightning, resuming from ``checkpoint_dir/last.ckpt``."""
     distributed = config.devices * config.num_nodes > 1
@@ -443,7 +447,7 @@ def _fit_stage(
             num_nodes=config.num_nodes,
             strategy=config.strategy,
             max_epochs=max_epochs,
-            max_time=None if config.max_minutes is None else timedelta(minutes=config.max_minutes),
+            max_time=None if max_minutes is None else timedelta(minutes=max_minutes),
             gradient_clip_val=config.gradient_clip,
             gradient_clip_algorithm="norm",
             callbacks=callbacks,
@@ -454,7 +458,7 @@ def _fit_stage(
             num_sanity_val_steps=0,
             limit_train_batches=(
                 1.0
-                if config.epoch_size is None
+                if config.epoch_size is None or isinstance(split.train, SimulatedParticles)
                 else max(1, math.ceil(config.epoch_size / config.batch_size))
             ),
             default_root_dir=str(checkpoint_dir),
@@ -494,46 +498,52 @@ def _best_network(module: PoseModule) -> Image2Sphere:
 # ---------------------------------------------------------------------- pre-training data
 
 
-def _pretraining_star(
+def _pretraining_split(
     table: ParticleTable,
     volume_path: Path,
-    out_dir: Path,
+    preprocess: PreprocessConfig,
     symmetry: str,
     config: TrainConfig,
-    progress: bool,
-) -> Path:
-    """Simulate (once) particles from the map matching the data's imaging settings."""
+) -> tuple[_Split, float]:
+    """Fresh simulated training batches and a validation split of the real particles.
+
+    Returns the split and the final SNR of the simulation (given or estimated).
+    """
     volume, map_angpix = read_map(volume_path)
-    angpix = float(table.angpix()[0])
-    box = int(table.image_size()[0])
-    kw: dict[str, Any] = {"ctf": table.has_ctf}
-    if table.has_ctf:
-        ctf = table.ctf_parameters()
-        defocus = 0.5 * (ctf["defocus_u"] + ctf["defocus_v"])
-        kw.update(
-            defocus_range=(float(defocus.min()), float(defocus.max())),
-            voltage=float(ctf["voltage"][0]),
-            cs=float(ctf["cs"][0]),
-            amplitude_contrast=float(ctf["amplitude_contrast"][0]),
-        )
-    sim = SimulationConfig(
-        n=config.pretrain_particles,
-        box=box,
-        angpix=angpix,
-        snr=config.pretrain_snr,
-        symmetry=symmetry,
-        seed=config.seed,
-        **kw,
-    )
-    star = out_dir / "particles.star"
-    record = out_dir / "simulation.json"
-    if star.is_file() and record.is_file():
-        previous = json.loads(record.read_text()).get("config")
-        if previous == sim.to_dict():
-            return star
     if volume.dim() != 3 or len(set(volume.shape)) != 1:
         raise InputError(volume_path, f"expected a cubic map, got shape {tuple(volume.shape)}")
-    return simulate_particles(volume, map_angpix, out_dir, sim, progress=progress)
+    angpix = float(table.angpix()[0])
+    box = int(table.image_size()[0])
+    vol = match_map_to_data(volume, map_angpix, angpix, box)
+    radius = estimate_radius_px(vol)
+    snr = config.pretrain_snr
+    if snr is None:
+        snr = estimate_snr(table, vol, radius, seed=config.seed)
+    batches = max(1, math.ceil(config.pretrain_particles / config.batch_size))
+    simulated = SimulatedParticles(
+        vol,
+        table,
+        preprocess,
+        radius,
+        config.batch_size,
+        batches,
+        config.pretrain_epochs,
+        snr,
+        snr * config.pretrain_snr_start_factor,
+        config.pretrain_ramp,
+        config.seed,
+        config.pretrain_minutes,
+    )
+    # Validated on real particles (a held-out fraction of all of them): the pre-training
+    # keeps the weights that transfer best to the data.
+    real = _split(table, preprocess, config, 0, symmetry, config.seed)
+    split = _Split(
+        train=simulated,
+        validation=real.validation,
+        train_rows=np.zeros(0, dtype=np.int64),
+        validation_rows=real.validation_rows,
+    )
+    return split, snr
 
 
 # ---------------------------------------------------------------------- entry point
@@ -603,6 +613,34 @@ def train_pose_model(
         few particles, a non-cubic pre-training map.
     """
     cfg = TrainConfig() if config is None else config
+    with _threads(cfg.threads):
+        return _train_pose_model(
+            star, model_dir, network, preprocess, symmetry, cfg, pretrain_map, progress
+        )
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (``None``: leave the setting alone)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_pose_model(
+    star: str | Path | ParticleTable,
+    model_dir: str | Path,
+    network: Image2SphereConfig,
+    preprocess: PreprocessConfig,
+    symmetry: str,
+    cfg: TrainConfig,
+    pretrain_map: str | Path | None,
+    progress: bool,
+) -> TrainResult:
     table = star if isinstance(star, ParticleTable) else read_particles(star)
     _check_geometry(table, network, preprocess)
     folder = Path(model_dir)
@@ -614,15 +652,21 @@ def train_pose_model(
     pretrain: StageResult | None = None
     is_zero = True
 
+    pretrain_snr: float | None = None
     if pretrain_map is not None and cfg.pretrain_epochs > 0:
-        sim_star = _pretraining_star(
-            table, Path(pretrain_map), folder / "pretrain_data", symmetry, cfg, progress
+        split, pretrain_snr = _pretraining_split(
+            table, Path(pretrain_map), preprocess, symmetry, cfg
         )
-        sim_table = read_particles(sim_star)
-        split = _split(sim_table, preprocess, cfg, 0, symmetry, cfg.seed)
+        if progress:
+            print(
+                f"pre-training on particles simulated from {pretrain_map} "
+                f"(final SNR {pretrain_snr:.3g}, {cfg.pretrain_particles} per epoch)",
+                file=sys.stderr,
+            )
         module, pretrain, trainer = _fit_stage(
             "pretrain", split, network, symmetry, cfg, cfg.pretrain_epochs,
             folder / "checkpoints" / "pretrain", log_path, rows, None, progress, cfg.seed,
+            cfg.pretrain_minutes,
         )  # fmt: skip
         rows += [{"stage": "pretrain", **h} for h in module.history]
         initial = {k: v.clone() for k, v in _best_network(module).state_dict().items()}
@@ -635,7 +679,7 @@ def train_pose_model(
         module, results[half], trainer = _fit_stage(
             stage, split, network, symmetry, cfg, cfg.max_epochs,
             folder / "checkpoints" / stage, log_path, rows, initial, progress,
-            cfg.seed + 1000 * half,
+            cfg.seed + 1000 * half, cfg.max_minutes,
         )  # fmt: skip
         rows += [{"stage": stage, **h} for h in module.history]
         is_zero = trainer.is_global_zero
@@ -651,6 +695,7 @@ def train_pose_model(
         extra = {
             "train": cfg.to_dict(),
             "pretrain_map": None if pretrain_map is None else str(pretrain_map),
+            "pretrain_snr": pretrain_snr,
             "results": {str(h): r.summary() for h, r in results.items()},
             "pretrain": None if pretrain is None else pretrain.summary(),
         }
