@@ -61,9 +61,11 @@ def test_lr_halves_on_plateau_and_early_stopping_stops(clean_star: Path, tmp_pat
     # each; early stopping (patience 2) stops after epoch 3 although 10 were allowed.
     config = dataclasses.replace(
         QUIET, learning_rate=1e-6, min_lr=0.0, lr_patience=0, early_stopping_patience=2,
-        max_epochs=10,
+        max_epochs=10, threads=1,
     )  # fmt: skip
+    threads = torch.get_num_threads()
     result = train_pose_model(clean_star, tmp_path / "m", TINY, PRE, config=config, progress=False)
+    assert torch.get_num_threads() == threads  # the thread setting is restored
     rows = _log(tmp_path / "m")
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-6, 5e-7, 2.5e-7], rel=1e-9)
     assert len({r["val_median_deg"] for r in rows}) == 1
