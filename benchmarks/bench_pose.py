@@ -605,7 +605,8 @@ def main() -> None:
     emit(
         Row(
             "pose estimation",
-            f"median error after {args.max_minutes:g} min (cryopose: map + pre-training + fine-tuning), {n}",
+            f"median error after {args.max_minutes:g} min "
+            f"(cryopose: map + pre-training + fine-tuning), {n}",
             f"{te:.1f} deg",
             f"cryoPARES {pe:.1f} deg",
             pe / te,
