@@ -7,4 +7,6 @@
 ruff check src tests benchmarks
 ruff format --check src tests benchmarks
 mypy
+# Two test workers, one torch thread each: more threads than cores spin instead of computing.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec python -m pytest -n 2 -p no:cacheprovider "$@"

@@ -24,6 +24,8 @@ from cryopose.models.siamese import SiameseConfig
 from cryopose.recovery import (
     RunSettings,
     TrainConfig,
+    all_pairs_targets,
+    calibrate,
     evaluate_recovery,
     load_distance_model,
     prepare_volume,
@@ -44,6 +46,39 @@ def test_c1_pairs_have_exact_uniform_distances() -> None:
     assert bool((counts - 500).abs().max() < 105)
 
 
+def test_tilt_pairs_keep_exact_uniform_distances_about_in_plane_lab_axes() -> None:
+    R1, R2, d = sample_rotation_pairs(4000, torch.Generator().manual_seed(5), tilt_fraction=0.5)
+    torch.testing.assert_close(d, geodesic_distance(R1, R2), atol=1e-9, rtol=0)
+    counts = torch.histc(d, bins=8, min=0.0, max=math.pi)
+    assert bool((counts - 500).abs().max() < 105)
+    # Lab-frame axis of R2 R1^T (= exp(d [R1 u]x)): in the xy plane for about half the pairs
+    # (Binomial(4000, 1/2) +- 5 sd), uniform otherwise (|z| < 1e-6 has probability ~1e-6).
+    from cryopose.geometry.rotations import matrix_to_axis_angle
+
+    axis = matrix_to_axis_angle(R2 @ R1.transpose(-1, -2))
+    in_plane = (axis[:, 2].abs() / torch.linalg.vector_norm(axis, dim=-1)) < 1e-6
+    assert abs(int(in_plane.sum()) - 2000) < 160
+
+
+def test_all_pairs_targets_are_brute_force_distances_weighted_to_uniform() -> None:
+    R1, R2, _ = sample_rotation_pairs(32, torch.Generator().manual_seed(6))
+    R = torch.cat([R1, R2])
+    target, weight = all_pairs_targets(R)
+    assert target.shape == weight.shape == (64 * 63 // 2,)
+    brute = [float(geodesic_distance(R[a], R[b])) for a in range(64) for b in range(a + 1, 64)]
+    torch.testing.assert_close(target, torch.tensor(brute, dtype=torch.float32))
+    assert math.isclose(float(weight.sum()), 1.0, rel_tol=1e-5)
+    # Every occupied bin of the 32-bin histogram carries the same total weight.
+    mass = torch.zeros(32).index_add_(
+        0, (target / float(target.max()) * 32).long().clamp_max(31), weight
+    )
+    occupied = mass[mass > 0]
+    torch.testing.assert_close(occupied, torch.full_like(occupied, 1 / occupied.numel()))
+    sym, _ = all_pairs_targets(R, "D2")
+    expected = torch.deg2rad(angular_error(R[:1].expand(63, 3, 3), R[1:], "D2"))
+    torch.testing.assert_close(sym[:63], expected.float())
+
+
 def test_symmetric_targets_are_the_minimum_over_the_group_and_uniform() -> None:
     R1, R2, d = sample_rotation_pairs(3000, torch.Generator().manual_seed(1), symmetry="D2")
     group = symmetry_group("D2").to(torch.float64)
@@ -55,6 +90,14 @@ def test_symmetric_targets_are_the_minimum_over_the_group_and_uniform() -> None:
     counts = torch.histc(d, bins=5, min=0.0, max=0.8 * float(d.max()))
     assert bool((counts / counts.mean() - 1).abs().max() < 0.2)
     assert float(counts.sum()) > 0.7 * 3000
+
+
+def test_calibrate_is_piecewise_linear_through_the_knots() -> None:
+    knots = torch.tensor([[0.0, 0.5, 1.0, math.pi], [0.0, 1.0, 1.5, math.pi]])
+    x = torch.tensor([-1.0, 0.0, 0.25, 0.75, 1.0, 2.0, 4.0])
+    slope = (math.pi - 1.5) / (math.pi - 1.0)
+    expected = torch.tensor([0.0, 0.0, 0.5, 1.25, 1.5, 1.5 + slope, math.pi])
+    torch.testing.assert_close(calibrate(x, knots), expected)
 
 
 def test_prepare_volume_pads_a_non_cubic_map_and_resamples() -> None:
@@ -93,6 +136,11 @@ def test_training_resumes_exactly_and_checkpoints_load_weights_only(
         torch.testing.assert_close(value, b["model"][key])
     model = load_distance_model(tmp_path / "b")
     assert model.box == 16 and model.symmetry == "C1" and model.angpix == angpix
+    # The calibration map is stored with the weights: knots from (0, 0) to (>= pi, pi).
+    knots = model.calibration
+    assert knots is not None and knots.shape == (2, 34)
+    assert bool((knots[0].diff() > 0).all() and (knots[1].diff() >= 0).all())
+    assert float(knots[1, 0]) == 0.0 and math.isclose(float(knots[1, -1]), math.pi, rel_tol=1e-6)
     changed = TrainConfig(**{**cfg.__dict__, "box": 20})
     with pytest.raises(InputError, match="box"):
         train_distance_network(volume, angpix, tmp_path / "b", changed, progress=False)

@@ -110,9 +110,18 @@ def run(
     star: Annotated[Path, typer.Argument(help="Particles (.star) to find orientations for.")],
     model: Annotated[Path, typer.Option("--model", help="Model folder from 'recover train'.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Star file to write.")],
+    neighbours: Annotated[
+        int,
+        typer.Option(
+            help="Near neighbours per particle for the spectral start and refinement "
+            "(0: random pairs and restarts, as under a point group)."
+        ),
+    ] = 20,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 2000,
-    restarts: Annotated[int, typer.Option(help="Independent random starts.")] = 4,
-    k_per_node: Annotated[int, typer.Option(help="Partners per particle (repair graph).")] = 20,
+    restarts: Annotated[int, typer.Option(help="Random pairs: independent random starts.")] = 4,
+    k_per_node: Annotated[
+        int, typer.Option(help="Random pairs: partners per particle (repair graph).")
+    ] = 20,
     batch_size: Annotated[int, typer.Option(help="Pairs per optimisation step.")] = 1 << 14,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     particles_dir: Annotated[
@@ -127,7 +136,12 @@ def run(
     from cryopose.recovery.run import RunSettings, recover_star
 
     settings = RunSettings(
-        k_per_node=k_per_node, steps=steps, batch_size=batch_size, restarts=restarts, seed=seed
+        neighbours=neighbours,
+        k_per_node=k_per_node,
+        steps=steps,
+        batch_size=batch_size,
+        restarts=restarts,
+        seed=seed,
     )
     result = recover_star(
         star,

@@ -30,6 +30,11 @@ orientations). What works, and is done here:
 4. **A last round on L itself**, the paper's objective, so that with noisy distances the
    result is its minimiser rather than the surrogate's.
 
+This is the solver for distances known on random pairs (exact or with moderate noise). For
+learned distances, which are informative only when short, :mod:`cryopose.recovery.spectral`
+starts from a spectral embedding of a near-neighbour graph and refines it here (one
+restart, ``rounds=0``, ``init``).
+
 Each round uses Adam with a cosine learning-rate decay from ``lr`` to 0. Under a point group
 (``symmetry``) the distance is ``min over g`` of ``d_q(q_i, q_j g)``, ``g`` the group's
 quaternions acting on the right, as poses do (``A @ g``).

@@ -2,13 +2,25 @@
 
 :func:`recover_star` reads the particle images (streamed in batches from the stacks),
 centres them by their origins when the star has any, resamples them to the network's pixel
-size and box, computes every particle's feature vector once (memory: ``n x features``), and
-recovers orientations with :func:`~cryopose.recovery.recover_orientations_online`, whose
-pair distances come from the features (``pi (1 - cos) / 2``, see
-:mod:`cryopose.models.siamese`). The recovered rotations are written as RELION angles into a
-copy of the star file; every other column (origins, CTF, image names, unknown labels) is kept.
-The poses are determined up to a global rotation and mirror of the map (and under a point
-group up to per-particle group elements).
+size and box, and computes every particle's feature vector once (memory: ``n x features``).
+Pair distances come from the features (``pi (1 - cos) / 2``, see
+:mod:`cryopose.models.siamese`), mapped through the model's calibration
+(:func:`~cryopose.recovery.calibrate`; the raw outputs are compressed). For a C1 particle
+(default ``RunSettings.neighbours > 0``) orientations are then recovered from near
+neighbours only: the ``neighbours`` particles of smallest estimated distance to each
+(:func:`~cryopose.recovery.nearest_pairs`, all ``n^2`` pairs scored from the features), a
+spectral start on that graph and a refinement of the objective on the same pairs
+(:func:`~cryopose.recovery.recover_from_near_pairs`). Measured on 5,000 noiseless
+projections of 5j0n with a network trained 4 CPU-minutes (1,481 steps): E_OR 8.7 deg
+uncalibrated, 6.8 deg calibrated. With a network trained for the same time on single pairs
+(1,034 steps, no all-pairs loss) it fails (72 deg): 12% of its near neighbours were more than
+60 deg apart, and such edges fold the spectral embedding. Under a point group (whose
+distances the spectral start does not model) or with ``neighbours=0``,
+:func:`~cryopose.recovery.recover_orientations_online` recovers them from random pairs with
+restarts. The recovered rotations are written as RELION angles into a copy of the star
+file; every other column (origins, CTF, image names, unknown labels) is kept. The poses are
+determined up to a global rotation and mirror of the map (and under a point group up to
+per-particle group elements).
 
 :func:`evaluate_recovery` compares predicted with true poses: E_OR (mean ``d_q`` after the
 best O(4) transform, :func:`~cryopose.recovery.e_or`), the mean geodesic error after the best
@@ -43,7 +55,13 @@ from cryopose.io.particles import ParticleTable, read_particles, write_particles
 from cryopose.models.siamese import feature_distance, standardise
 from cryopose.recovery.align import align_o4, align_so3
 from cryopose.recovery.recover import DistanceFn, RecoveryResult, recover_orientations_online
-from cryopose.recovery.train import DistanceModel, load_distance_model, prepare_volume
+from cryopose.recovery.spectral import nearest_pairs, recover_from_near_pairs
+from cryopose.recovery.train import (
+    DistanceModel,
+    calibrate,
+    load_distance_model,
+    prepare_volume,
+)
 
 __all__ = [
     "EvaluationResult",
@@ -63,22 +81,39 @@ class RunSettings:
 
     Attributes
     ----------
+    neighbours
+        Near-neighbour partners per particle (:func:`~cryopose.recovery.nearest_pairs`) for
+        the spectral start and the refinement; ``0``: recover from random pairs instead
+        (:func:`~cryopose.recovery.recover_orientations_online`), as is always done under a
+        point group.
+    candidates
+        Partners scored per particle to find its near neighbours; ``None``: all.
+    refine_lr
+        Learning rate of the refinement from the spectral start.
+    trim_rounds
+        Rounds of rejecting near-neighbour pairs that the recovered orientations contradict
+        (:func:`~cryopose.recovery.recover_from_near_pairs`).
     k_per_node
-        Partners per particle of the graphs used for node repair and the final loss.
+        Random pairs: partners per particle of the graphs used for node repair and the
+        final loss.
     steps
         Adam steps in total.
     batch_size
         Pairs per step.
     restarts
-        Independent random starts.
+        Random pairs: independent random starts.
     rounds
-        Surrogate rounds with node repair.
+        Random pairs: surrogate rounds with node repair.
     seed
         Seed of every random draw.
     embed_batch
         Images read and embedded at once.
     """
 
+    neighbours: int = 20
+    candidates: int | None = None
+    refine_lr: float = 0.01
+    trim_rounds: int = 0
     k_per_node: int = 20
     steps: int = 2000
     batch_size: int = 1 << 14
@@ -231,13 +266,17 @@ def embed_particles(
     return torch.cat(parts)
 
 
-def features_distance_fn(features: torch.Tensor) -> DistanceFn:
+def features_distance_fn(
+    features: torch.Tensor, calibration: torch.Tensor | None = None
+) -> DistanceFn:
     """Distance callable over precomputed features: ``(i, j) -> pi (1 - cos(f_i, f_j)) / 2``.
 
     Parameters
     ----------
     features
         ``(n, F)`` feature vectors of the particles.
+    calibration
+        Optional ``(2, K)`` knots applied to the result (:func:`~cryopose.recovery.calibrate`).
 
     Returns
     -------
@@ -248,7 +287,8 @@ def features_distance_fn(features: torch.Tensor) -> DistanceFn:
 
     def distance(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         i, j = i.to(unit.device), j.to(unit.device)
-        return feature_distance(unit[i], unit[j])
+        d = feature_distance(unit[i], unit[j])
+        return d if calibration is None else calibrate(d, calibration)
 
     return distance
 
@@ -319,25 +359,43 @@ def recover_star(
         features = embed_particles(
             table, model, batch_size=s.embed_batch, device=device, progress=progress
         )
-        distance_fn = features_distance_fn(features)
+        distance_fn = features_distance_fn(features, model.calibration)
     assert distance_fn is not None
-    result = recover_orientations_online(
-        n,
-        distance_fn,
-        k_per_node=min(s.k_per_node, n - 1),
-        steps=s.steps,
-        batch_size=s.batch_size,
-        restarts=s.restarts,
-        rounds=s.rounds,
-        symmetry=None if group == "C1" else group,
-        seed=s.seed,
-        device=device,
-        progress=progress,
-    )
+    if s.neighbours > 0 and group == "C1" and n >= 10:
+        result = _recover_near(n, distance_fn, s, device, progress)
+    else:
+        result = recover_orientations_online(
+            n,
+            distance_fn,
+            k_per_node=min(s.k_per_node, n - 1),
+            steps=s.steps,
+            batch_size=s.batch_size,
+            restarts=s.restarts,
+            rounds=s.rounds,
+            symmetry=None if group == "C1" else group,
+            seed=s.seed,
+            device=device,
+            progress=progress,
+        )
     q = result.quaternions.detach().to("cpu", torch.float64)
     out = Path(output)
     _write_poses(table, q, out)
     return RunResult(out, q, result)
+
+
+def _recover_near(
+    n: int, distance_fn: DistanceFn, s: RunSettings, device: str | torch.device, progress: bool
+) -> RecoveryResult:
+    """Near-neighbour graph, then :func:`~cryopose.recovery.recover_from_near_pairs`."""
+    gen = torch.Generator().manual_seed(s.seed)
+    pairs, d = nearest_pairs(
+        n, distance_fn, min(s.neighbours, n - 1), candidates=s.candidates, generator=gen,
+        device=device,
+    )  # fmt: skip
+    return recover_from_near_pairs(
+        n, pairs, d, steps=s.steps, lr=s.refine_lr, batch_size=s.batch_size,
+        trim_rounds=s.trim_rounds, seed=s.seed, device=device, progress=progress,
+    )  # fmt: skip
 
 
 def _match_rows(true: ParticleTable, pred: ParticleTable) -> tuple[np.ndarray, np.ndarray]:
