@@ -182,9 +182,12 @@ def test_tiny_model_overfits_64_particles(data_dir: Path) -> None:
     cfg = _tiny(order, encoder_width=4, sphere_features=8, s2_features=8, activation_order=1)
     net = Image2Sphere(cfg)
     labels = rotation_label_indices(poses, order)
-    optimiser = torch.optim.Adam(net.parameters(), lr=2e-2)
+    # lr 2e-2 for 100 steps stalled at a 0.78 hit rate for one seed with one thread (the
+    # reduction order changes the path); 1e-2 for 150 steps reached 1.0 for seeds 6-8 at
+    # one and two threads.
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
     start = time.perf_counter()
-    for _ in range(100):
+    for _ in range(150):
         loss = label_cross_entropy(net(images), labels)
         optimiser.zero_grad()
         loss.backward()
