@@ -36,6 +36,9 @@ def test_train_writes_a_weights_only_model(trained: tuple[Path, Path]) -> None:
     _, model = trained
     config = json.loads((model / "config.json").read_text())
     assert config["network"]["n_classes"] == 13 and len(config["history"]) == 9
+    # The post-processing and its threshold were calibrated on the training tomogram.
+    assert config["method"] in ("peaks", "components") and 0 < config["threshold"] < 1
+    assert config["calibration"]["f1"] >= 0.8, config["calibration"]
     assert torch.load(model / "model.pt", weights_only=True)
     assert (model / "checkpoints" / "last.ckpt").is_file()
     spec, net = load_picker(model)

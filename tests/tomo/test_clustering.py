@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryopose.tomo.clustering import cluster_segmentation
+from cryopose.tomo.clustering import cluster_segmentation, match_centres, peak_picks
 from cryopose.tomo.segmentation import erode_labels
 
 NAMES = ["a", "b", "c"]
@@ -95,3 +95,39 @@ def test_erosion_peels_only_contacts() -> None:
     assert int(alive[:, :, 7].sum()) == 0 and int(alive[:, :, 8].sum()) == 0
     assert int(alive[:, :, 6].sum()) == 36
     assert int((alive & (occ == 3)).sum()) == 27
+
+
+def _ball(shape: tuple[int, int, int], centre_zyx: tuple[int, int, int], r: float) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    cz, cy, cx = centre_zyx
+    return np.asarray((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= r * r)
+
+
+def test_peaks_separate_particles_that_a_miscalibrated_segmentation_merges() -> None:
+    # What the U-Net trained on particle-centred patches produced on a whole tomogram:
+    # P(background) ~0.1 nearly everywhere (argmax foreground), particles only more confident.
+    shape = (20, 24, 30)
+    prob = np.full((4, *shape), 0.3, dtype=np.float32)
+    prob[0] = 0.1
+    truth = {(10, 12, 11): 2, (10, 12, 18): 3}  # (z, y, x) -> class: two touching balls
+    for centre, c in truth.items():
+        ball = _ball(shape, centre, 3.0)
+        prob[:, ball] = 0.001
+        prob[c, ball] = 0.997
+    labels = prob.argmax(0)
+    merged = cluster_segmentation(labels, NAMES, 1 - prob[0])
+    assert len(merged) <= 3  # one per argmax class: the particles are lost in the background
+    picks = peak_picks(prob, NAMES, sigma=1.0, radius=3, threshold=0.95)
+    pairs = zip(picks.coords, picks.class_ids, strict=True)
+    got = {tuple(int(v) for v in xyz[::-1]): name for xyz, name in pairs}
+    assert got == {(10, 12, 11): "b", (10, 12, 18): "c"}
+    # Below the miscalibrated background level every voxel of the flat region is a "peak".
+    assert len(peak_picks(prob, NAMES, sigma=1.0, radius=3, threshold=0.5)) > 10
+
+
+def test_match_centres_counts_first_hits_only() -> None:
+    picks = np.array([[0, 0, 0], [0, 0, 1], [10, 10, 10], [5, 5, 5]], dtype=np.float64)
+    centres = np.array([[0, 0, 0], [10, 10, 11]], dtype=np.float64)
+    hit = match_centres(picks, centres, np.array([2.0, 2.0]))
+    assert hit.tolist() == [True, False, True, False]
+    assert match_centres(picks[:0], centres, np.array([2.0, 2.0])).tolist() == []

@@ -10,7 +10,7 @@ from torch import nn
 
 from cryopose.errors import InputError
 from cryopose.models.unet3d import UNet3D, UNet3DConfig
-from cryopose.tomo.picker import PickerSpec, load_picker, save_picker
+from cryopose.tomo.picker import PickerSpec, best_threshold, load_picker, save_picker
 from cryopose.tomo.segmentation import (
     PatchDataset,
     TomogramLabels,
@@ -138,3 +138,24 @@ def test_model_folder_round_trip_weights_only(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"format": 1}')
     with pytest.raises(InputError, match=r"config\.json"):
         load_picker(tmp_path)
+
+
+def test_foreground_dice_term_by_hand() -> None:
+    target = torch.randint(0, 3, (2, 4, 4, 4), generator=torch.Generator().manual_seed(5))
+    logits = torch.zeros(2, 3, 4, 4, 4)  # P(background) = 1/3: foreground probability 2/3
+    n, n_fg = target.numel(), int((target > 0).sum())
+    fg_dice = 2 * (2 / 3) * n_fg / ((2 / 3) * n + n_fg)
+    base = segmentation_loss(logits, target, ce_weight=0.0, eps=0.0)
+    got = segmentation_loss(logits, target, ce_weight=0.0, eps=0.0, fg_weight=2.0)
+    assert float(got - base) == pytest.approx(2.0 * (1 - fg_dice), rel=1e-5)
+
+
+def test_best_threshold_maximises_f1_by_hand() -> None:
+    scores = torch.tensor([0.6, 0.9, 0.5, 0.8, 0.7])
+    hits = torch.tensor([True, True, False, True, False])
+    # Kept from the top, 4 true particles: F1 = 0.4, 0.667, 0.571, 0.75 (k=4), 0.667.
+    got = best_threshold(scores, hits, 4)
+    assert got["f1"] == pytest.approx(0.75)
+    assert got["threshold"] == pytest.approx(0.55)
+    assert (got["tp"], got["fp"], got["fn"]) == (3.0, 1.0, 1.0)
+    assert best_threshold(scores[:0], hits[:0], 4, default=0.3)["threshold"] == 0.3

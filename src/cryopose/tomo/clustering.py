@@ -15,9 +15,14 @@ voxel whose class is not 0), 6-connected by default. Each component becomes one 
   larger kept component of class ``c`` is a piece of the same particle (masks of elongated or
   hollow proteins fall apart at 1 nm voxels) and is dropped.
 
-Connected components rather than mean-shift: the U-Net is trained on targets eroded so that
-touching particles are separated by background, and components are exact, parameter-free and
-linear in the volume.
+Connected components need a well-calibrated segmentation: a network trained on patches centred
+on particles over-predicts foreground on a whole tomogram (measured: 11-25 % of the voxels
+against 3 % true), neighbours merge and the argmax classes fragment each particle. The
+learned picker therefore uses :func:`peak_picks` by default: local maxima of the smoothed
+foreground probability (a mean-shift with a Gaussian kernel converges to these modes), one
+pick each, class from the smoothed class probabilities at the peak, score the smoothed
+foreground; the score threshold is calibrated on the training tomograms
+(:func:`match_centres` counts hits there).
 
 >>> import numpy as np
 >>> labels = np.zeros((8, 8, 8), dtype=np.int64)
@@ -38,7 +43,7 @@ from scipy import ndimage
 
 from cryopose.io.picks import Picks
 
-__all__ = ["cluster_segmentation"]
+__all__ = ["cluster_segmentation", "match_centres", "peak_picks"]
 
 
 def cluster_segmentation(
@@ -154,4 +159,88 @@ def _suppress_fragments(
                 continue
         kept.append(int(i))
         out[i] = True
+    return out
+
+
+def peak_picks(
+    prob: Any,
+    class_names: Sequence[str],
+    sigma: float = 1.0,
+    radius: int = 4,
+    threshold: float = 0.5,
+) -> Picks:
+    """Pick the local maxima of the smoothed foreground probability.
+
+    Parameters
+    ----------
+    prob
+        ``(1 + n_classes, Z, Y, X)`` class probabilities (class 0 background), numpy or tensor.
+    class_names
+        Names of classes ``1..n_classes``.
+    sigma
+        Standard deviation (voxels) of the Gaussian smoothing of the foreground
+        ``1 - prob[0]`` and of the class probabilities.
+    radius
+        A peak is the largest smoothed value within a ``(2 radius + 1)^3`` cube.
+    threshold
+        Least smoothed foreground at a peak.
+
+    Returns
+    -------
+    Picks
+        Centres ``(x, y, z)`` in voxels (integer voxels), the class whose smoothed probability
+        is highest at the peak, score = smoothed foreground, ordered by descending score.
+    """
+    p = np.asarray(prob.cpu() if hasattr(prob, "cpu") else prob, dtype=np.float32)
+    if p.ndim != 4 or p.shape[0] != len(class_names) + 1:
+        raise ValueError(f"prob must be (1 + {len(class_names)}, Z, Y, X), got {p.shape}")
+    smooth = ndimage.gaussian_filter((1.0 - p[0]).astype(np.float32), sigma)
+    size = 2 * radius + 1
+    top = ndimage.maximum_filter(smooth, size=size, mode="constant", cval=-np.inf)
+    peaks = np.argwhere((smooth == top) & (smooth > threshold))
+    if len(peaks) == 0:
+        return Picks([], np.zeros((0, 3)), scores=np.zeros(0))
+    at = tuple(peaks.T)
+    votes = np.stack(
+        [ndimage.gaussian_filter(p[c], sigma)[at] for c in range(1, p.shape[0])], axis=1
+    )
+    score = smooth[at].astype(np.float64)
+    order = np.argsort(-score, kind="stable")
+    names = np.asarray(class_names)[votes.argmax(axis=1)][order]
+    return Picks(names, peaks[order][:, ::-1].astype(np.float64), scores=score[order])
+
+
+def match_centres(
+    picks_zyx: npt.NDArray[np.float64],
+    centres_zyx: npt.NDArray[np.float64],
+    radii: npt.NDArray[np.float64],
+) -> npt.NDArray[np.bool_]:
+    """Which picks are the first hit of a particle (for calibrating a score threshold).
+
+    Parameters
+    ----------
+    picks_zyx
+        ``(m, 3)`` pick centres, in the order they are accepted (descending score).
+    centres_zyx
+        ``(n, 3)`` true particle centres.
+    radii
+        ``(n,)`` hit radius of each particle (voxels): a pick within it hits the particle.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m,)`` True where the pick hits a particle not hit by an earlier pick (a true
+        positive); False for misses and repeated hits (false positives).
+    """
+    out = np.zeros(len(picks_zyx), dtype=bool)
+    if len(picks_zyx) == 0 or len(centres_zyx) == 0:
+        return out
+    d = np.linalg.norm(picks_zyx[:, None, :] - centres_zyx[None, :, :], axis=2)
+    d = np.where(d <= radii[None, :], d, np.inf)
+    taken = np.zeros(len(centres_zyx), dtype=bool)
+    for i in range(len(picks_zyx)):
+        j = int(np.argmin(d[i]))
+        if np.isfinite(d[i, j]) and not taken[j]:
+            taken[j] = True
+            out[i] = True
     return out

@@ -17,9 +17,16 @@ Model folder
     checkpoints/last.ckpt    Lightning checkpoint of the last epoch (to resume training)
 
 ``class_voxels`` is the median target volume (voxels, after erosion) of each class over the
-training particles; picking drops components smaller than ``min_size_fraction`` of their
-class's volume. Training resumes from ``checkpoints/last.ckpt`` when it exists (same network),
-continuing up to ``epochs`` epochs in total.
+training particles. Picking (``method`` ``"peaks"``, the default) takes the local maxima of the
+smoothed foreground probability (:func:`cryopose.tomo.clustering.peak_picks`) above
+``threshold``, which :func:`calibrate_picker` chooses after training as the one that
+maximises the F1 of the picks on the training tomograms (the raw foreground probability of a
+network trained on particle-centred patches is not calibrated: measured, the best threshold
+was 0.98, not 0.5, on both a training and an unseen tomogram). ``method`` ``"components"``
+keeps the connected components of the argmax labels, dropping components smaller than
+``min_size_fraction`` of their class's volume. Training resumes from
+``checkpoints/last.ckpt`` when it exists (same network), continuing up to ``epochs`` epochs
+in total.
 
 >>> spec = PickerSpec(UNet3DConfig(width=4, depth=2), ("1bxn",), {"1bxn": 100})
 >>> spec.min_voxels()
@@ -35,7 +42,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +56,7 @@ from cryopose.io.mrc import read_map
 from cryopose.io.picks import Picks, write_picks
 from cryopose.models.unet3d import UNet3D, UNet3DConfig
 from cryopose.simulate.tomogram import DEFAULT_CLASSES
-from cryopose.tomo.clustering import cluster_segmentation
+from cryopose.tomo.clustering import cluster_segmentation, match_centres, peak_picks
 from cryopose.tomo.segmentation import (
     PatchDataset,
     SegmentationModule,
@@ -65,6 +72,8 @@ __all__ = [
     "WEIGHTS_NAME",
     "PickerSpec",
     "TrainConfig",
+    "best_threshold",
+    "calibrate_picker",
     "load_picker",
     "pick_tomogram",
     "pick_tomogram_file",
@@ -106,8 +115,9 @@ class TrainConfig:
         0 trains on everything and skips validation.
     val_patches
         Validation patches per epoch (fixed).
-    alpha, beta, ce_weight
-        Loss (:func:`cryopose.tomo.segmentation.segmentation_loss`).
+    alpha, beta, ce_weight, fg_weight
+        Loss (:func:`cryopose.tomo.segmentation.segmentation_loss`); ``fg_weight`` weighs the
+        binary foreground Dice that localisation relies on.
     mirror
         Also augment with hand-changing flips.
     seed
@@ -127,6 +137,7 @@ class TrainConfig:
     alpha: float = 0.5
     beta: float = 0.5
     ce_weight: float = 1.0
+    fg_weight: float = 1.0
     mirror: bool = False
     seed: int = 0
 
@@ -150,6 +161,15 @@ class PickerSpec:
         of a larger kept component of that class are dropped as its fragments.
     tile, overlap
         Default tiling of :func:`pick_tomogram`.
+    method
+        ``"peaks"`` (smoothed foreground maxima) or ``"components"`` (connected components).
+    sigma, peak_radius, threshold
+        Smoothing, peak neighbourhood and score threshold of ``"peaks"``
+        (:func:`cryopose.tomo.clustering.peak_picks`); ``threshold`` is set by
+        :func:`calibrate_picker`.
+    calibration
+        What :func:`calibrate_picker` measured (``threshold``, ``f1``, ``tp``, ``fp``, ``fn``
+        on the training tomograms).
     train
         Settings of the training that produced the weights.
     history
@@ -163,6 +183,11 @@ class PickerSpec:
     merge_radius: float = 1.0
     tile: int = 64
     overlap: int = 16
+    method: str = "peaks"
+    sigma: float = 1.0
+    peak_radius: int = 4
+    threshold: float = 0.5
+    calibration: Mapping[str, float] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     history: tuple[Mapping[str, float], ...] = ()
 
@@ -197,6 +222,11 @@ class PickerSpec:
             "merge_radius": self.merge_radius,
             "tile": self.tile,
             "overlap": self.overlap,
+            "method": self.method,
+            "sigma": self.sigma,
+            "peak_radius": self.peak_radius,
+            "threshold": self.threshold,
+            "calibration": dict(self.calibration),
             "train": asdict(self.train),
             "history": [dict(h) for h in self.history],
         }
@@ -215,11 +245,18 @@ class PickerSpec:
                 merge_radius=float(data["merge_radius"]),
                 tile=int(data["tile"]),
                 overlap=int(data["overlap"]),
+                method=str(data.get("method", "peaks")),
+                sigma=float(data.get("sigma", 1.0)),
+                peak_radius=int(data.get("peak_radius", 4)),
+                threshold=float(data.get("threshold", 0.5)),
+                calibration={str(k): float(v) for k, v in data.get("calibration", {}).items()},
                 train=TrainConfig(**data["train"]),
                 history=tuple(dict(h) for h in data.get("history", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(path, f"not a cryopose picker config ({exc})") from exc
+        if spec.method not in ("peaks", "components"):
+            raise InputError(path, f"method {spec.method!r}, expected 'peaks' or 'components'")
         if spec.network.n_classes != len(spec.class_names) + 1:
             raise InputError(
                 path,
@@ -447,7 +484,7 @@ def train_picker(
         )  # fmt: skip
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=tc.batch_size)
     torch.manual_seed(tc.seed)
-    module = SegmentationModule(net_cfg, tc.lr, tc.alpha, tc.beta, tc.ce_weight)
+    module = SegmentationModule(net_cfg, tc.lr, tc.alpha, tc.beta, tc.ce_weight, tc.fg_weight)
     spec = PickerSpec(net_cfg, names, voxels, train=tc)
     folder.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -472,7 +509,151 @@ def train_picker(
     _fit(trainer_options, module, loader, val_loader, last if resume else None)
     old_history = _read_spec(folder).history if resume else ()
     spec = PickerSpec(net_cfg, names, voxels, train=tc, history=(*old_history, *log.history))
-    return save_picker(folder, spec, module.net)
+    save_picker(folder, spec, module.net)
+    calibrate_picker(folder, tomograms, device=device)
+    return folder
+
+
+def _picks_from_prob(prob: torch.Tensor, spec: PickerSpec, threshold: float) -> Picks:
+    """Pick one tomogram's probabilities with ``spec``'s method, scores above ``threshold``."""
+    if spec.method == "peaks":
+        return peak_picks(prob, spec.class_names, spec.sigma, spec.peak_radius, threshold)
+    picks = cluster_segmentation(
+        prob.argmax(dim=0), spec.class_names, 1.0 - prob[0], spec.min_voxels(),
+        spec.min_distance(),
+    )  # fmt: skip
+    keep = picks.scores > threshold if picks.scores is not None else slice(None)
+    scores = None if picks.scores is None else picks.scores[keep]
+    return Picks(picks.class_ids[keep], picks.coords[keep], scores=scores)
+
+
+def _scored_hits(
+    prob: torch.Tensor, spec: PickerSpec, t: TomogramLabels
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of every candidate pick of one tomogram and whether each is a true positive."""
+    picks = _picks_from_prob(prob, spec, threshold=-1.0)
+    radii = (3.0 * t.voxels.to(torch.float64) / (4.0 * math.pi)) ** (1.0 / 3.0) + 1.0
+    hit = match_centres(
+        picks.coords[:, ::-1].astype("float64"),
+        t.centres.to(torch.float64).numpy(),
+        radii.numpy(),
+    )
+    scores = picks.scores if picks.scores is not None else torch.zeros(len(picks))
+    return torch.as_tensor(scores, dtype=torch.float64), torch.from_numpy(hit)
+
+
+#: Post-processing variants :func:`calibrate_picker` chooses from: (method, sigma).
+CANDIDATES: tuple[tuple[str, float], ...] = (
+    ("peaks", 1.0),
+    ("peaks", 2.0),
+    ("peaks", 3.0),
+    ("components", 1.0),
+)
+
+
+def best_threshold(
+    scores: torch.Tensor, hits: torch.Tensor, n_true: int, default: float = 0.5
+) -> dict[str, float]:
+    """Score threshold that maximises F1 when the picks above it are kept.
+
+    Parameters
+    ----------
+    scores
+        ``(m,)`` pick scores.
+    hits
+        ``(m,)`` bool, True for a true positive (first hit of a particle).
+    n_true
+        Number of true particles (misses count as false negatives).
+    default
+        Threshold returned when there are no picks.
+
+    Returns
+    -------
+    dict
+        ``threshold`` (halfway between the last kept score and the next one, 0 below the
+        lowest), ``f1``, ``tp``, ``fp``, ``fn`` of the kept picks.
+    """
+    order = torch.argsort(scores.to(torch.float64), descending=True, stable=True)
+    score, hit = scores.to(torch.float64)[order], hits.to(torch.bool)[order]
+    if len(score) == 0:
+        return {"threshold": default, "f1": 0.0, "tp": 0.0, "fp": 0.0, "fn": float(n_true)}
+    tp = torch.cumsum(hit.to(torch.float64), 0)
+    fp = torch.arange(1, len(hit) + 1, dtype=torch.float64) - tp
+    f1 = 2 * tp / (2 * tp + fp + (n_true - tp)).clamp(min=1)
+    k = int(torch.argmax(f1))
+    below = float(score[k + 1]) if k + 1 < len(score) else 0.0
+    return {
+        "threshold": 0.5 * (float(score[k]) + below),
+        "f1": float(f1[k]),
+        "tp": float(tp[k]),
+        "fp": float(fp[k]),
+        "fn": float(n_true - tp[k]),
+    }
+
+
+def calibrate_picker(
+    model_dir: str | Path,
+    tomograms: Sequence[TomogramLabels | str | Path],
+    device: str | torch.device = "cpu",
+) -> PickerSpec:
+    """Choose the post-processing and score threshold that maximise F1 on labelled tomograms.
+
+    Every variant of :data:`CANDIDATES` (peaks at three smoothings, connected components) is
+    scored; the best one and its threshold are written into the model folder's config.
+
+    Parameters
+    ----------
+    model_dir
+        Model folder (:func:`train_picker`).
+    tomograms
+        Labelled tomograms (loaded or SHREC model folders), usually the training ones.
+    device
+        Where the network runs.
+
+    Returns
+    -------
+    PickerSpec
+        The updated description (``method``, ``sigma``, ``threshold`` and ``calibration``).
+
+    Notes
+    -----
+    A pick hits a particle when it lies within the radius of a sphere of the particle's
+    target volume plus one voxel of its centre (close to SHREC's dilated-occupancy rule);
+    a second hit of the same particle is a false positive. The threshold is halfway between
+    the score of the last accepted peak and the next one.
+    """
+    spec, net = load_picker(model_dir, device)
+    variants = [replace(spec, method=m, sigma=sg) for m, sg in CANDIDATES]
+    scores: list[list[torch.Tensor]] = [[] for _ in variants]
+    hits: list[list[torch.Tensor]] = [[] for _ in variants]
+    n_true = 0
+    for item in tomograms:
+        t = (
+            item
+            if isinstance(item, TomogramLabels)
+            else load_tomogram_labels(item, spec.class_names, spec.train.erode)
+        )
+        prob = predict_tiled(
+            net, t.volume, spec.network.n_classes, spec.tile, spec.overlap,
+            divisor=net.divisor, device=device,
+        )  # fmt: skip
+        for i, variant in enumerate(variants):
+            s, h = _scored_hits(prob, variant, t)
+            scores[i].append(s)
+            hits[i].append(h)
+        n_true += len(t.centres)
+    results = [
+        best_threshold(torch.cat(s), torch.cat(h), n_true, spec.threshold)
+        for s, h in zip(scores, hits, strict=True)
+    ]
+    best = max(range(len(results)), key=lambda i: results[i]["f1"])
+    calibration = {
+        **results[best],
+        **{f"f1_{m}_sigma{sg:g}": r["f1"] for (m, sg), r in zip(CANDIDATES, results, strict=True)},
+    }
+    spec = replace(variants[best], threshold=calibration["threshold"], calibration=calibration)
+    _write_config(Path(model_dir), spec)
+    return spec
 
 
 def _fit(
@@ -533,8 +714,9 @@ def pick_tomogram(
     Returns
     -------
     Picks
-        Centres ``(x, y, z)`` in voxels with class names and scores (mean foreground
-        probability), most confident first.
+        Centres ``(x, y, z)`` in voxels with class names and scores (smoothed foreground
+        probability at the peak, or a component's mean foreground probability), most
+        confident first.
     """
     prob = predict_tiled(
         net.to(device),
@@ -546,12 +728,7 @@ def pick_tomogram(
         device=device,
         advance=progress,
     )
-    labels = prob.argmax(dim=0)
-    foreground = 1.0 - prob[0]
-    del prob
-    return cluster_segmentation(
-        labels, spec.class_names, foreground, spec.min_voxels(), spec.min_distance()
-    )
+    return _picks_from_prob(prob, spec, spec.threshold)
 
 
 def pick_tomogram_file(
