@@ -62,7 +62,7 @@ def train(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Particles per step and process.")] = 32,
-    learning_rate: Annotated[float, typer.Option(help="Initial RAdam learning rate.")] = 1e-3,
+    learning_rate: Annotated[float, typer.Option(help="Initial RAdam learning rate.")] = 3e-3,
     epoch_size: Annotated[
         int | None, typer.Option(help="Particles per epoch (default: all).")
     ] = None,
