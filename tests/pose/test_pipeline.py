@@ -53,6 +53,8 @@ NEW_COLUMNS = {
     "cryoposeDirectionalZScore",
     "cryoposeRefineCC",
     "cryoposeRefineScore",
+    "cryoposeRefinePeakZ",
+    "cryoposeRefineZScore",
 }
 
 
@@ -164,6 +166,30 @@ def test_junk_fraction_drops_the_lowest_zscores_of_each_call(
     half = pipeline(table.subset(np.arange(N // 2)))
     assert len(half) == N // 2 - round(0.25 * (N // 2))
     assert (pipeline.timings.n_in, pipeline.timings.n_kept) == (N + N // 2, len(kept) + len(half))
+
+
+def test_refine_score_prunes_after_refining_every_particle(star: Path, model: Path) -> None:
+    reference = star.parent / "ground_truth.mrc"
+    table = read_particles(star)
+    everything = PosePipeline(model, reference, PipelineConfig(refine=REFINE))(table)
+    peak = everything.particles["cryoposeRefinePeakZ"].to_numpy(dtype=np.float64)
+    refine_z = everything.particles["cryoposeRefineZScore"].to_numpy(dtype=np.float64)
+    med = np.median(peak)
+    expected_z = (peak - med) / (1.4826 * np.median(np.abs(peak - med)))
+    np.testing.assert_allclose(refine_z, expected_z, atol=1e-9)
+    config = PipelineConfig(score="cryoposeRefineZScore", junk_fraction=0.25, refine=REFINE)
+    pipeline = PosePipeline(model, reference, config)
+    kept = pipeline(table)
+    dropped = set(np.argsort(refine_z, kind="stable")[: N // 4].tolist())
+    assert _names(kept) == [n for i, n in enumerate(_names(table)) if i not in dropped]
+    assert (pipeline.timings.n_in, pipeline.timings.n_kept) == (N, N - N // 4)
+    assert pipeline.timings.refinement_s > 0
+    with pytest.raises(InputError, match="needs a reference map"):
+        PosePipeline(model, None, config)
+    with pytest.raises(InputError, match="unknown pruning score"):
+        PipelineConfig(score="rlnClassNumber")
+    with pytest.raises(InputError, match="needs refinement settings"):
+        PipelineConfig(score="cryoposeRefineZScore", refine=None)
 
 
 def test_bad_input_fails_early_and_names_the_file(star: Path, model: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import healpy
@@ -14,21 +15,30 @@ import torch
 from cryopose.data import PreprocessConfig
 from cryopose.errors import InputError
 from cryopose.geometry import euler_to_matrix, random_rotations, viewing_direction_pixel
+from cryopose.geometry.rotations import axis_angle_to_matrix
+from cryopose.io.mrc import read_map
 from cryopose.io.particles import ParticleTable, read_particles, write_particles
 from cryopose.models import Image2Sphere, Image2SphereConfig, PoseModelSpec, save_pose_model
 from cryopose.pose.pruning import (
     MAD_SCALE,
+    REFINE_ZSCORE_COLUMN,
     STATS_NAME,
     ZSCORE_COLUMN,
     cone_statistics,
     fit_directional_stats,
     load_directional_stats,
     prune_star,
+    refine_zscores,
     robust_statistics,
     roc_auc,
     threshold_from_fraction,
     threshold_from_junk,
 )
+from cryopose.pose.refine import RefineConfig, refine_particles
+from cryopose.simulate.junk import JUNK_KINDS
+from cryopose.simulate.particles import SimulationConfig, simulate_from_structure
+
+STRUCTURE = Path(__file__).resolve().parents[1] / "data" / "structures" / "1s3x.pdb.gz"
 
 
 def _rotations_in_pixel(pixel: int, n: int, seed: int) -> torch.Tensor:
@@ -221,3 +231,63 @@ def test_prune_star_by_threshold_fraction_and_junk_star(tmp_path: Path) -> None:
     write_particles(ParticleTable(frame, None, {"": frame}, ""), tmp_path / "plain.star")
     with pytest.raises(InputError, match=f"plain.star: no column {ZSCORE_COLUMN}"):
         prune_star(tmp_path / "plain.star", tmp_path / "x.star", threshold=0.0)
+
+
+def test_refine_zscores_global_and_per_cone_equal_numpy() -> None:
+    rng = np.random.default_rng(20)
+    s = rng.normal(8.0, 1.5, 300)
+    s[:40] = rng.normal(3.0, 0.5, 40)  # junk: does not set the scale
+    m, scale = _numpy_robust(s)
+    np.testing.assert_allclose(refine_zscores(torch.from_numpy(s)).numpy(), (s - m) / scale)
+    R = random_rotations(300, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    stats = cone_statistics(R, torch.from_numpy(s), order=1, min_count=10)
+    ours = refine_zscores(torch.from_numpy(s), R, order=1, min_count=10)
+    torch.testing.assert_close(ours, stats.zscores(R, torch.from_numpy(s)))
+    with pytest.raises(InputError, match="rotations"):
+        refine_zscores(torch.from_numpy(s), order=1)
+    with pytest.raises(InputError, match="NaN"):
+        refine_zscores(torch.tensor([1.0, math.nan]))
+
+
+def test_refine_zscore_ranks_simulated_junk_below_particles(tmp_path: Path) -> None:
+    """60 particles at SNR 0.1 (20 junk, 4 of each kind), poses 5 degrees off, true map."""
+    config = SimulationConfig(
+        n=60, snr=0.1, seed=21, junk_fraction=1 / 3, particles_per_micrograph=4
+    )
+    star = simulate_from_structure(STRUCTURE, 2.5, 40, tmp_path, config=config, progress=False)
+    table = read_particles(star)
+    n = len(table)
+    g = torch.Generator().manual_seed(21)
+    axes = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    axes = axes / torch.linalg.vector_norm(axes, dim=-1, keepdim=True)
+    turn = axis_angle_to_matrix(axes * math.radians(5.0))
+    table.set_rotations(turn @ table.rotations(torch.float64))
+    volume, _ = read_map(tmp_path / "ground_truth.mrc")
+    result = refine_particles(table, volume, RefineConfig(), progress=False)
+    z = refine_zscores(result.zscore).numpy()
+    is_junk = table.particles["cryoposeIsJunk"].to_numpy() == 1
+    kinds = table.particles["cryoposeJunkKind"].astype(str).to_numpy()
+    assert is_junk.sum() == 20 and set(kinds[is_junk]) == set(JUNK_KINDS)
+    # Measured AUC 0.995-1.000 over seeds 21-24 (benchmark: 0.98 at network poses).
+    assert roc_auc(z[~is_junk], z[is_junk]) > 0.95
+    for kind in JUNK_KINDS:
+        assert roc_auc(z[~is_junk], z[kinds == kind]) > 0.9, kind
+
+
+def test_prune_star_by_another_score_column(tmp_path: Path) -> None:
+    z = np.random.default_rng(11).normal(size=30)
+    table = _scored_table(np.zeros(30))
+    table.particles[REFINE_ZSCORE_COLUMN] = z
+    write_particles(table, tmp_path / "in.star")
+    result = prune_star(
+        tmp_path / "in.star", tmp_path / "out.star", threshold=0.5,
+        score_column=REFINE_ZSCORE_COLUMN,
+    )  # fmt: skip
+    assert result.n_kept == int((z >= 0.5).sum()) == len(read_particles(tmp_path / "out.star"))
+    frame = pd.DataFrame({"rlnImageName": ["1@s.mrcs"], "rlnPixelSize": [1.0]})
+    write_particles(ParticleTable(frame, None, {"": frame}, ""), tmp_path / "plain.star")
+    with pytest.raises(InputError, match=f"no column {REFINE_ZSCORE_COLUMN}: run 'cryopose refine"):
+        prune_star(
+            tmp_path / "plain.star", tmp_path / "x.star", threshold=0.0,
+            score_column=REFINE_ZSCORE_COLUMN,
+        )  # fmt: skip

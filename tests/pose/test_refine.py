@@ -214,6 +214,12 @@ def test_refine_star_writes_all_columns(clean: Path, tmp_path: Path) -> None:
     assert np.allclose(back.particles["cryoposeRefineCC"], result.cc.numpy(), atol=1e-5)
     score = back.particles["cryoposeRefineScore"].to_numpy()
     assert np.all((score > 0) & (score < 0.5))  # the network's 0.5 times a logistic
+    peak = back.particles["cryoposeRefinePeakZ"].to_numpy(dtype=np.float64)
+    np.testing.assert_allclose(peak, result.zscore.numpy(), rtol=1e-6)
+    # The robust z-score against the star file's own particles: (s - median) / (1.4826 MAD).
+    med = np.median(peak)
+    expected = (peak - med) / (1.4826 * np.median(np.abs(peak - med)))
+    np.testing.assert_allclose(back.particles["cryoposeRefineZScore"], expected, atol=1e-5)
     assert float(_errors(truth, back.rotations(torch.float64)).median()) < 2.0
     assert (tmp_path / "refined_refine.json").exists()
 

@@ -1,12 +1,15 @@
-"""Remove junk particles by their directional z-score (cryoposeDirectionalZScore).
+"""Remove junk particles by a score: the network's or the local refinement's z-score.
 
-The input is the output of ``cryopose infer``. The threshold is given (``--threshold``), set
-to remove a fraction (``--junk-fraction``), or chosen to separate the particles from known
-junk (``--junk-star``, scored with ``--model`` when it has no z-scores) by Youden's J.
+``--score cryoposeDirectionalZScore`` (default) reads the output of ``cryopose infer``;
+``--score cryoposeRefineZScore`` the output of ``cryopose refine``, whose robust z-score of the
+refinement peak separates junk much better (see ``cryopose.pose.pruning``). The threshold is
+given (``--threshold``), set to remove a fraction (``--junk-fraction``), or chosen to separate
+the particles from known junk (``--junk-star``, scored with ``--model`` when it has no
+network z-scores) by Youden's J.
 
 Example usage::
 
-    cryopose prune predicted.star -o clean.star --junk-fraction 0.15
+    cryopose prune refined.star -o clean.star --score cryoposeRefineZScore --junk-fraction 0.15
 """
 
 from __future__ import annotations
@@ -34,10 +37,17 @@ def prune(
         Path | None, typer.Option("--model", help="Model folder to score the junk star.")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (scoring the junk star).")] = "cpu",
+    score: Annotated[
+        str,
+        typer.Option(
+            help="Score column: cryoposeDirectionalZScore (infer) or cryoposeRefineZScore (refine)."
+        ),
+    ] = "cryoposeDirectionalZScore",
 ) -> None:
-    """Keep the particles of STAR whose directional z-score reaches the threshold.
+    """Keep the particles of STAR whose score reaches the threshold.
 
-    Example: cryopose prune predicted.star -o clean.star --threshold -1.5
+    Example: cryopose prune refined.star -o clean.star --score cryoposeRefineZScore
+    --threshold -1
     """
     from cryopose.pose.pruning import prune_star
 
@@ -49,8 +59,9 @@ def prune(
         junk_star=junk_star,
         model_dir=model,
         device=device,
+        score_column=score,
     )
     typer.echo(
         f"wrote {output}: kept {result.n_kept} of {result.n_input} particles "
-        f"(z >= {result.threshold:.4f})"
+        f"({score} >= {result.threshold:.4f})"
     )

@@ -11,6 +11,13 @@ and returns the particles worth keeping with polished poses:
 3. :func:`cryopose.pose.refine.refine_particles` searches a small ball of rotations and
    shifts around each pose against the reference map.
 
+With ``PipelineConfig(score="cryoposeRefineZScore")`` steps 2 and 3 swap: every particle is
+refined, and pruning uses the robust z-score of its refinement peak significance, with the
+median and MAD of the particles of the same call (:func:`cryopose.pose.pruning.refine_zscores`;
+it separates simulated junk far better than the network's score, see that module). Refining
+the junk too costs refinement time in proportion to the junk fraction. A call of fewer than a
+few dozen particles gives noisy statistics: a stream should deliver files of at least that.
+
 :class:`PosePipeline` is the callable :func:`cryopose.pose.stream.stream_folder` runs on each
 new file; :func:`run_pipeline` does the same for one star file and writes the result.
 """
@@ -31,10 +38,16 @@ from cryopose.errors import InputError
 from cryopose.io.particles import ParticleTable, read_particles, write_particles
 from cryopose.models.model_dir import read_pose_model_spec
 from cryopose.pose.infer import ZSCORE_COLUMN, infer_poses
-from cryopose.pose.pruning import load_directional_stats, threshold_from_fraction
+from cryopose.pose.pruning import (
+    REFINE_ZSCORE_COLUMN,
+    load_directional_stats,
+    refine_zscores,
+    threshold_from_fraction,
+)
 from cryopose.pose.reconstruct import table_box
 from cryopose.pose.refine import (
     CC_COLUMN,
+    PEAK_Z_COLUMN,
     SCORE_COLUMN,
     RefineConfig,
     load_reference,
@@ -51,10 +64,14 @@ class PipelineConfig:
     Attributes
     ----------
     threshold
-        Keep particles with directional z-score ``>= threshold``; ``None`` with
-        ``junk_fraction`` ``None`` keeps everything.
+        Keep particles with score ``>= threshold``; ``None`` with ``junk_fraction`` ``None``
+        keeps everything.
     junk_fraction
-        Alternatively drop this fraction of each batch, lowest z-score first.
+        Alternatively drop this fraction of each batch, lowest score first.
+    score
+        The score pruned by: ``"cryoposeDirectionalZScore"`` (the network's, before
+        refinement) or ``"cryoposeRefineZScore"`` (after refinement of every particle; needs
+        ``refine`` and a reference map).
     refine
         Local refinement settings; ``None`` skips refinement.
     batch_size
@@ -65,6 +82,7 @@ class PipelineConfig:
 
     threshold: float | None = None
     junk_fraction: float | None = None
+    score: str = ZSCORE_COLUMN
     refine: RefineConfig | None = field(default_factory=RefineConfig)
     batch_size: int = 128
     device: str = "cpu"
@@ -72,6 +90,19 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.threshold is not None and self.junk_fraction is not None:
             raise InputError(None, "give a z-score threshold or a junk fraction, not both")
+        if self.score not in (ZSCORE_COLUMN, REFINE_ZSCORE_COLUMN):
+            raise InputError(
+                None,
+                f"unknown pruning score {self.score!r}; expected {ZSCORE_COLUMN} or "
+                f"{REFINE_ZSCORE_COLUMN}",
+            )
+        if self.score == REFINE_ZSCORE_COLUMN and self.refine is None:
+            raise InputError(None, f"pruning by {REFINE_ZSCORE_COLUMN} needs refinement settings")
+
+    @property
+    def prunes(self) -> bool:
+        """Whether a threshold or a junk fraction is set."""
+        return self.threshold is not None or self.junk_fraction is not None
 
 
 @dataclass
@@ -122,8 +153,9 @@ class PosePipeline:
     ------
     InputError
         At construction, before any particle: a model folder without ``config.json``, a
-        missing reference map, or pruning asked of a model without directional statistics
-        (each naming the file or folder). Per table: a reference map whose box or pixel size
+        missing reference map, pruning asked of a model without directional statistics, or
+        pruning by ``cryoposeRefineZScore`` without a reference map (each naming the file or
+        folder). Per table: a reference map whose box or pixel size
         differs from the particles' (naming the map and the star file).
     """
 
@@ -144,8 +176,16 @@ class PosePipeline:
         read_pose_model_spec(self.model_dir)
         if self.reference is not None and not self.reference.is_file():
             raise InputError(self.reference, "reference map not found")
-        pruning = self.config.threshold is not None or self.config.junk_fraction is not None
-        if pruning and load_directional_stats(self.model_dir) is None:
+        pruning = self.config.prunes
+        if pruning and self.config.score == REFINE_ZSCORE_COLUMN and self.reference is None:
+            raise InputError(
+                self.model_dir, f"pruning by {REFINE_ZSCORE_COLUMN} needs a reference map"
+            )
+        if (
+            pruning
+            and self.config.score == ZSCORE_COLUMN
+            and load_directional_stats(self.model_dir) is None
+        ):
             raise InputError(
                 self.model_dir,
                 "pruning needs directional statistics (validation_half*.pt from training)",
@@ -160,6 +200,15 @@ class PosePipeline:
             self._volumes[key], _ = load_reference(self.reference, table, box, rescale)
         return self._volumes[key]
 
+    def _keep(self, scores: np.ndarray) -> np.ndarray:
+        """``(n,)`` bool: ``scores >= threshold`` (given or from the junk fraction)."""
+        t = self.config.threshold
+        if t is None:
+            assert self.config.junk_fraction is not None
+            t = threshold_from_fraction(scores, self.config.junk_fraction)
+        keep: np.ndarray = scores >= t
+        return keep
+
     def __call__(self, table: ParticleTable) -> ParticleTable:
         """Return the kept particles of ``table`` with predicted (and refined) poses."""
         cfg = self.config
@@ -168,34 +217,39 @@ class PosePipeline:
             table, self.model_dir, device=cfg.device, batch_size=cfg.batch_size, progress=False
         ).table
         keep = np.ones(len(inferred), dtype=bool)
-        if cfg.threshold is not None or cfg.junk_fraction is not None:
+        if cfg.prunes and cfg.score == ZSCORE_COLUMN:
             if ZSCORE_COLUMN not in inferred.particles.columns:
                 raise InputError(
                     self.model_dir,
                     "pruning needs directional statistics (validation_half*.pt from training)",
                 )
-            z = inferred.particles[ZSCORE_COLUMN].to_numpy(dtype=np.float64)
-            t = cfg.threshold
-            if t is None:
-                assert cfg.junk_fraction is not None
-                t = threshold_from_fraction(z, cfg.junk_fraction)
-            keep = z >= t
+            keep = self._keep(inferred.particles[ZSCORE_COLUMN].to_numpy(dtype=np.float64))
         kept = inferred.subset(np.flatnonzero(keep))
         self.timings.inference_s += time.perf_counter() - start
         self.timings.n_in += len(table)
-        self.timings.n_kept += len(kept)
         if cfg.refine is None or self.reference is None or len(kept) == 0:
+            self.timings.n_kept += len(kept)
             return kept
         start = time.perf_counter()
         refine_cfg = replace(cfg.refine, device=cfg.device)
         result = refine_particles(kept, self._reference_volume(kept), refine_cfg, progress=False)
-        self.timings.refinement_s += time.perf_counter() - start
-        return _with_columns(
+        refine_z = refine_zscores(result.zscore)
+        out = _with_columns(
             kept,
             result.rotations,
             result.origins_angst,
-            {CC_COLUMN: result.cc, SCORE_COLUMN: result.score},
+            {
+                CC_COLUMN: result.cc,
+                SCORE_COLUMN: result.score,
+                PEAK_Z_COLUMN: result.zscore,
+                REFINE_ZSCORE_COLUMN: refine_z,
+            },
         )
+        if cfg.prunes and cfg.score == REFINE_ZSCORE_COLUMN:
+            out = out.subset(np.flatnonzero(self._keep(refine_z.numpy())))
+        self.timings.refinement_s += time.perf_counter() - start
+        self.timings.n_kept += len(out)
+        return out
 
 
 def run_pipeline(

@@ -37,7 +37,10 @@ local landscape is smooth for particles and noise alike, about 2.2 vs 2.6.)
 
 with ``z_mid = 4`` and ``z_width = 1`` by default (``RefineConfig.score_z_mid``,
 ``score_z_width``). ``rlnMaxValueProbDistribution`` itself is left unchanged (it keeps the
-network's value).
+network's value). The significance itself is written as ``cryoposeRefinePeakZ``, and
+:func:`refine_star` adds ``cryoposeRefineZScore``, its robust z-score against all the particles
+of the star file (:func:`cryopose.pose.pruning.refine_zscores`), which ``cryopose prune
+--score cryoposeRefineZScore`` prunes junk by (see :mod:`cryopose.pose.pruning`).
 
 Map and particles must agree: same box and same pixel size (1e-3 relative), else an
 :class:`~cryopose.errors.InputError` names both files, e.g. ``map box 128 at 1.000 A/px vs
@@ -79,6 +82,7 @@ from cryopose.imaging.shift import fourier_shift_rfft, origin_to_image_shift
 from cryopose.io.mrc import StackCache, read_images, read_map
 from cryopose.io.particles import ParticleTable, read_particles
 from cryopose.pose._local_grid import local_rotation_grid, local_rotations
+from cryopose.pose.pruning import REFINE_ZSCORE_COLUMN, refine_zscores
 
 __all__ = [
     "MatchResult",
@@ -93,6 +97,7 @@ __all__ = [
 PROB_COLUMN = "rlnMaxValueProbDistribution"
 CC_COLUMN = "cryoposeRefineCC"
 SCORE_COLUMN = "cryoposeRefineScore"
+PEAK_Z_COLUMN = "cryoposeRefinePeakZ"
 
 
 @dataclass(frozen=True)
@@ -627,7 +632,8 @@ def refine_star(
     """Refine a particle star file against a reference map and write the refined star file.
 
     Every input column is kept; angles and ``rlnOriginXAngst/YAngst`` are replaced,
-    ``cryoposeRefineCC`` and ``cryoposeRefineScore`` added (module docstring). The star file
+    ``cryoposeRefineCC``, ``cryoposeRefineScore``, ``cryoposeRefinePeakZ`` and
+    ``cryoposeRefineZScore`` added (module docstring). The star file
     (RELION 3.1 layout) and ``<out_star stem>_refine.json`` (settings and summary) are written
     atomically.
 
@@ -675,7 +681,12 @@ def refine_star(
         table,
         result.rotations,
         result.origins_angst,
-        {CC_COLUMN: result.cc, SCORE_COLUMN: result.score},
+        {
+            CC_COLUMN: result.cc,
+            SCORE_COLUMN: result.score,
+            PEAK_Z_COLUMN: result.zscore,
+            REFINE_ZSCORE_COLUMN: refine_zscores(result.zscore),
+        },
         out,
     )
     record = {
