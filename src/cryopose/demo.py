@@ -13,10 +13,13 @@ the bundled atomic model of a C1 complex (PDB 1u6g, Cul1-Cand1-Skp1, about 150 A
    pocket (``ligand_truth.mrc``, :func:`cryopose.simulate.ligand.add_ligand`) -> ``n_ligand``
    new particles of which ``junk_fraction`` are junk; the poses, origins and junk labels are
    taken out (``ligand_picked.star``: what a picker gives);
-4. **pose pipeline**: the apo network predicts every pose (``ligand_network.star``), the
-   directional z-scores prune the ``junk_fraction`` least confident particles, local
-   refinement against the apo map polishes poses and origins (``ligand_refined.star``), and
-   gold-standard half maps and the full map are reconstructed (``ligand_map.mrc``);
+4. **pose pipeline**: the apo network predicts every pose and its top-10 grid poses
+   (``ligand_network.star``); every particle is refined locally against the apo map,
+   starting from whichever of its predicted pose and top-10 grid poses matches the map best;
+   the ``junk_fraction`` particles with the lowest ``cryoposeRefineZScore`` (robust z-score
+   of the refinement's peak significance, :mod:`cryopose.pose.pruning`) are dropped
+   (``ligand_refined.star`` holds the rest), and gold-standard half maps and the full map are
+   reconstructed (``ligand_map.mrc``);
 5. **evaluation** against the truth the simulation kept: angular errors of the network and of
    the refined poses, the pruning ROC AUC on the known junk, the FSC of the ligand map against
    the map reconstructed from the true poses, and the difference map ligand map minus apo map
@@ -209,9 +212,20 @@ def run_demo(
     from cryopose.io.particles import read_particles, write_particles
     from cryopose.models.image2sphere import Image2SphereConfig
     from cryopose.pose.infer import infer_poses
-    from cryopose.pose.pruning import roc_auc, threshold_from_fraction
+    from cryopose.pose.pruning import (
+        REFINE_ZSCORE_COLUMN,
+        refine_zscores,
+        roc_auc,
+        threshold_from_fraction,
+    )
     from cryopose.pose.reconstruct import reconstruct_particles
-    from cryopose.pose.refine import CC_COLUMN, SCORE_COLUMN, RefineConfig, refine_particles
+    from cryopose.pose.refine import (
+        CANDIDATE_COLUMN,
+        CC_COLUMN,
+        SCORE_COLUMN,
+        RefineConfig,
+        refine_particles,
+    )
     from cryopose.report.demo import demo_markdown, plot_error_histograms
     from cryopose.simulate.density import density_from_file
     from cryopose.simulate.ligand import add_ligand
@@ -310,37 +324,49 @@ def run_demo(
     lap("ligand_simulate")
 
     # ---------------------------------------------------------------- 4. pose pipeline
-    _say("4/6 inferring poses of the ligand-bound particles with the apo network, pruning")
+    _say("4/6 inferring poses of the ligand-bound particles with the apo network")
     inferred = infer_poses(
         picked, model_dir, out / "ligand" / "ligand_network.star", progress=False
     )
     lap("infer")
     true_rot = lig_truth.rotations(torch.float64)
     network_err = angular_error(true_rot, inferred.rotations, "C1")
-    if inferred.zscore is None:
-        raise InputError(model_dir, "the trained model has no directional statistics")
-    z = inferred.zscore.numpy()
-    threshold = threshold_from_fraction(z, cfg.junk_fraction)
-    keep = z >= threshold
-    auc = roc_auc(z[~is_junk], z[is_junk]) if is_junk.any() else math.nan
-    kept = inferred.table.subset(np.flatnonzero(keep))
-    lap("prune")
 
-    _say(f"5/6 refining {len(kept)} kept particles against apo_map.mrc, reconstructing")
+    _say(
+        f"5/6 refining all {len(picked)} particles against apo_map.mrc (from the best of the "
+        "network's pose and its top-10), pruning by cryoposeRefineZScore, reconstructing"
+    )
     refine_cfg = RefineConfig(
         range_deg=_REFINE_COARSE[0],
         step_deg=_REFINE_COARSE[1],
         fine_range_deg=_REFINE_FINE[0],
         fine_step_deg=_REFINE_FINE[1],
     )
-    refined = refine_particles(kept, apo_rec.full, refine_cfg, progress=False)
-    kept.set_rotations(refined.rotations)
-    kept.set_shifts_angst(refined.origins_angst)
-    kept.particles[CC_COLUMN] = refined.cc.numpy()
-    kept.particles[SCORE_COLUMN] = refined.score.numpy()
+    refined_all = refine_particles(
+        inferred.table, apo_rec.full, refine_cfg, False, inferred.candidates
+    )
+    lap("refine")
+    z = refine_zscores(refined_all.zscore).numpy()
+    threshold = threshold_from_fraction(z, cfg.junk_fraction)
+    keep = z >= threshold
+    auc = roc_auc(z[~is_junk], z[is_junk]) if is_junk.any() else math.nan
+    network_auc = math.nan
+    if inferred.zscore is not None and is_junk.any():
+        zn = inferred.zscore.numpy()
+        network_auc = roc_auc(zn[~is_junk], zn[is_junk])
+    kept_rows = np.flatnonzero(keep)
+    rows = torch.from_numpy(kept_rows)
+    kept = inferred.table.subset(kept_rows)
+    kept.set_rotations(refined_all.rotations[rows])
+    kept.set_shifts_angst(refined_all.origins_angst[rows])
+    kept.particles[CC_COLUMN] = refined_all.cc[rows].numpy()
+    kept.particles[SCORE_COLUMN] = refined_all.score[rows].numpy()
+    kept.particles[REFINE_ZSCORE_COLUMN] = z[kept_rows]
+    assert refined_all.candidate is not None
+    kept.particles[CANDIDATE_COLUMN] = refined_all.candidate[rows].numpy()
     kept.blocks[kept.particles_block] = kept.particles
     write_particles(kept, out / "ligand" / "ligand_refined.star")
-    lap("refine")
+    lap("prune")
     lig_rec = reconstruct_particles(
         kept, ctf=True, halves=True, regularisation="tau2", show_progress=False
     )
@@ -359,11 +385,10 @@ def run_demo(
 
     # ---------------------------------------------------------------- 5. evaluation
     _say("6/6 evaluating: pose errors, FSC, difference map at the ligand site")
-    kept_rows = np.flatnonzero(keep)
-    kept_true = ~is_junk[kept_rows]
+    kept_true = kept_rows[~is_junk[kept_rows]]
     refined_err = angular_error(
-        true_rot[torch.from_numpy(kept_rows[kept_true])],
-        refined.rotations[torch.from_numpy(kept_true)],
+        true_rot[torch.from_numpy(kept_true)],
+        refined_all.rotations[torch.from_numpy(kept_true)],
         "C1",
     )
     box = cfg.box
@@ -444,7 +469,9 @@ def run_demo(
         },
         "network": {**net_summary, "particles_per_second": inferred.particles_per_second},
         "pruning": {
+            "score": REFINE_ZSCORE_COLUMN,
             "roc_auc": auc,
+            "network_zscore_roc_auc": network_auc,
             "threshold_z": threshold,
             "n_input": len(picked),
             "n_junk": int(is_junk.sum()),
@@ -452,7 +479,13 @@ def run_demo(
             "junk_removed_fraction": float((~keep[is_junk]).mean()) if is_junk.any() else math.nan,
             "particles_kept_fraction": float(keep[~is_junk].mean()),
         },
-        "refined": {**ref_summary, "particles_per_second": refined.particles_per_second},
+        "refined": {
+            **ref_summary,
+            "particles_per_second": refined_all.particles_per_second,
+            "started_from_candidate_fraction": refined_all.summary()[
+                "started_from_candidate_fraction"
+            ],
+        },
         "maps": {
             "ligand_half_map_resolution_0.143_A": half_res,
             "true_poses_half_map_resolution_0.143_A": resolution_at(
@@ -486,9 +519,9 @@ def _report_view(s: dict[str, Any]) -> dict[str, Any]:
         "minutes_total": s["minutes_total"],
         "story": (
             "A pose network trained only on the apo protein predicts the poses of new "
-            "ligand-bound particles (with junk); pruning, local refinement against the apo map "
-            "and reconstruction follow, and the difference map (ligand map minus apo map) "
-            "shows the ligand the network never saw."
+            "ligand-bound particles (with junk); local refinement against the apo map, "
+            "pruning by the refinement's z-score and reconstruction follow, and the "
+            "difference map (ligand map minus apo map) shows the ligand the network never saw."
         ),
         "tables": {
             "Training on the apo set": {
@@ -507,7 +540,8 @@ def _report_view(s: dict[str, Any]) -> dict[str, Any]:
                 "refinement particles/s": s["refined"]["particles_per_second"],
             },
             "Pruning": {
-                "ROC AUC (particles vs junk)": s["pruning"]["roc_auc"],
+                "ROC AUC (particles vs junk), refinement z-score": s["pruning"]["roc_auc"],
+                "ROC AUC, network z-score (not used)": s["pruning"]["network_zscore_roc_auc"],
                 "junk removed": s["pruning"]["junk_removed_fraction"],
                 "true particles kept": s["pruning"]["particles_kept_fraction"],
             },

@@ -19,6 +19,7 @@ from cryopose.geometry import random_rotations
 from cryopose.io.mrc import read_map
 from cryopose.io.particles import read_particles
 from cryopose.models import Image2Sphere, Image2SphereConfig, PoseModelSpec, save_pose_model
+from cryopose.pose.candidates import table_candidates
 from cryopose.pose.infer import infer_poses
 from cryopose.simulate.particles import SimulationConfig, simulate_particles
 
@@ -51,13 +52,17 @@ def test_infer_evaluate_prune(
 
     pred = tmp_path / "pred.star"
     code, out, err = run(
-        ["infer", str(star), "--model", str(model), "-o", str(pred), "--batch-size", "7"], capsys
-    )
+        ["infer", str(star), "--model", str(model), "-o", str(pred), "--batch-size", "7",
+         "--top-k", "4"], capsys,
+    )  # fmt: skip
     assert code == 0, err
     assert "20 poses, directional z-scores" in out
     library = infer_poses(star, model, progress=False)
     back = read_particles(pred)
     np.testing.assert_allclose(back.rotations(torch.float64), library.rotations, atol=1e-6)
+    candidates = table_candidates(back)  # --top-k cells, the model's grid order
+    assert candidates is not None and candidates.k == 4 and candidates.order.tolist() == [1] * 20
+    assert torch.equal(candidates.indices, library.top_k_indices[:, :4])
     assert library.zscore is not None
     z = library.zscore.numpy()
     np.testing.assert_allclose(back.particles["cryoposeDirectionalZScore"], z, atol=1e-5)

@@ -14,8 +14,10 @@ import torch
 import cryopose.cli.refine  # noqa: F401  (registers the command until cli.main does)
 from cryopose.cli.main import main
 from cryopose.geometry.distance import geodesic_distance
+from cryopose.geometry.healpix import grid_size, nearest_grid_index
 from cryopose.geometry.rotations import axis_angle_to_matrix
 from cryopose.io.particles import read_particles, write_particles
+from cryopose.pose.candidates import with_candidate_columns
 from cryopose.simulate.particles import SimulationConfig, simulate_from_structure
 
 BOX = 40
@@ -77,3 +79,32 @@ def test_refine_cli_mismatched_map(
     assert "map box 32 at 2.500 A/px vs particles box 40 at 2.500 A/px" in err
     assert str(small) in err and str(star) in err
     assert not (tmp_path / "o.star").exists()
+
+
+def test_refine_cli_starts_from_the_star_candidates(
+    perturbed: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Poses 40 degrees off with the true pose's grid cell as the 2nd of 3 candidates."""
+    _, truth = perturbed
+    table = read_particles(truth)
+    true_rot = table.rotations(torch.float64)
+    n = len(table)
+    g = torch.Generator().manual_seed(3)
+    axes = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    axes = axes / torch.linalg.vector_norm(axes, dim=-1, keepdim=True)
+    table.set_rotations(axis_angle_to_matrix(axes * math.radians(40.0)) @ true_rot)
+    indices = torch.randint(0, grid_size(3), (n, 3), generator=g)
+    indices[:, 1] = nearest_grid_index(true_rot, 3)
+    star = tmp_path / "far.star"
+    write_particles(with_candidate_columns(table, indices, 3), star)
+    reference = str(truth.parent / "ground_truth.mrc")
+    errors = {}
+    for k in ("3", "0"):
+        out = tmp_path / f"refined{k}.star"
+        argv = ["refine", str(star), "--reference", reference, "-o", str(out), "--candidates", k]
+        assert main([*argv, "--particles-dir", str(truth.parent)]) == 0
+        printed = capsys.readouterr().out
+        assert ("4 starts, 33 + 33 local poses" in printed) == (k == "3")
+        refined = read_particles(out, particles_dir=truth.parent).rotations(torch.float64)
+        errors[k] = torch.rad2deg(geodesic_distance(true_rot, refined))
+    assert float(errors["3"].max()) < 2.0 and float(errors["0"].min()) > 25.0

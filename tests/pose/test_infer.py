@@ -14,6 +14,7 @@ from cryopose.data import PreprocessConfig
 from cryopose.data.preprocess import preprocess
 from cryopose.errors import InputError
 from cryopose.geometry import euler_to_matrix, grid_size, random_rotations
+from cryopose.geometry.healpix import so3_healpix_grid
 from cryopose.io.mrc import read_map
 from cryopose.io.particles import read_particles
 from cryopose.models import (
@@ -23,6 +24,7 @@ from cryopose.models import (
     poses_from_logits,
     save_pose_model,
 )
+from cryopose.pose.candidates import table_candidates
 from cryopose.pose.infer import infer_poses
 from cryopose.pose.pruning import fit_directional_stats, load_directional_stats
 from cryopose.simulate.particles import SimulationConfig, simulate_particles
@@ -111,6 +113,13 @@ def test_equals_network_and_halves_are_swapped(star: Path, model: Path, tmp_path
     assert back.particles["rlnImageName"].tolist() == source["rlnImageName"].tolist()
     np.testing.assert_array_equal(back.particles["rlnOriginXAngst"], source["rlnOriginXAngst"])
     assert "cryoposeDirectionalZScore" not in back.particles.columns  # no statistics yet
+    # The top-k cells as refinement candidates: most probable first, the model's grid order.
+    candidates = table_candidates(back)
+    assert candidates is not None and candidates.order.tolist() == [2] * 22
+    assert torch.equal(candidates.indices, result.top_k_indices)
+    assert torch.equal(result.candidates.indices, result.top_k_indices)
+    top1 = so3_healpix_grid(2, torch.float64)[result.top_k_indices[:, 0]]
+    torch.testing.assert_close(top1, result.top1_rotations)
 
 
 def test_batch_size_top1_and_full_model(star: Path, model: Path, tmp_path: Path) -> None:
@@ -171,6 +180,9 @@ def test_relion_reads_the_output(star: Path, model: Path, tmp_path: Path, relion
     source = read_particles(star).particles
     assert set(source.columns) <= set(back.particles.columns)
     assert back.particles["rlnImageName"].tolist() == source["rlnImageName"].tolist()
+    # RELION keeps the candidate columns as they were.
+    candidates = table_candidates(back)
+    assert candidates is not None and torch.equal(candidates.indices, result.top_k_indices)
 
 
 def test_bad_model_folders_and_boxes_name_the_file(star: Path, model: Path, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from cryopose.imaging.resample import window_centred
 from cryopose.io.mrc import read_map, write_map
 from cryopose.io.particles import ParticleTable, read_particles
 from cryopose.models import Image2SphereConfig
+from cryopose.pose.candidates import encode_indices
 from cryopose.pose.infer import InferenceResult, infer_poses
 from cryopose.pose.pipeline import PipelineConfig, PosePipeline, run_pipeline
 from cryopose.pose.refine import RefineConfig
@@ -55,6 +56,9 @@ NEW_COLUMNS = {
     "cryoposeRefineScore",
     "cryoposeRefinePeakZ",
     "cryoposeRefineZScore",
+    "cryoposeTopKIndices",
+    "cryoposeGridOrder",
+    "cryoposeRefineCandidate",
 }
 
 
@@ -122,6 +126,10 @@ def test_run_pipeline_keeps_columns_refines_and_reports_timings(
     )
     assert float(after.median()) < 0.5 * float(before.median())
     assert int(reach.sum()) >= N // 4 and float(after[reach].median()) < 2.0
+    # The search started from the network's top-k cells where one matched better.
+    assert back.particles["cryoposeTopKIndices"].tolist() == encode_indices(network.top_k_indices)
+    start = back.particles["cryoposeRefineCandidate"].to_numpy(dtype=np.int64)
+    assert ((start >= 0) & (start <= 10)).all()
     # Timings: in the summary, in the json beside the star file, and consistent.
     assert summary["n_input"] == N and summary["n_kept"] == N
     assert summary["inference_s"] > 0 and summary["refinement_s"] > 0
@@ -237,3 +245,31 @@ def test_each_pixel_size_gets_its_own_reference_check(
         match=r"ground_truth\.mrc: map box 16 at 6\.000 A/px vs particles box 16 at 5\.000",
     ):
         pipeline(other)
+
+
+def test_stream_cli_prunes_by_the_refinement_score(star: Path, model: Path, tmp_path: Path) -> None:
+    """``cryopose stream --score cryoposeRefineZScore`` keeps what the pipeline keeps."""
+    from cryopose.cli.main import main
+
+    # The same particles with a CTF (the stream reconstructs with it).
+    config = SimulationConfig(
+        n=N, snr=None, ctf=True, shift_sigma_angst=0.0, shift_max_angst=0.0, seed=3
+    )
+    watch = tmp_path / "watch"
+    sim = simulate_from_structure(
+        STRUCTURE, 6.0, 16, watch, config, resolution=12.0, progress=False
+    )
+    reference = tmp_path / "ground_truth.mrc"
+    shutil.move(watch / "ground_truth.mrc", reference)
+    (watch / "STOP").touch()
+    out = tmp_path / "live"
+    args = ["stream", str(watch), "--model", str(model), "--reference", str(reference),
+            "-o", str(out), "--score", "cryoposeRefineZScore", "--junk-fraction", "0.25",
+            "--poll-seconds", "0.05", "--settle-seconds", "0"]  # fmt: skip
+    assert main(args) == 0
+    streamed = read_particles(out / "particles.star")
+    pruning = PipelineConfig(score="cryoposeRefineZScore", junk_fraction=0.25)
+    expected = PosePipeline(model, reference, pruning)(read_particles(sim))
+    assert len(streamed) == N - N // 4
+    # The stream writes absolute stack paths.
+    assert [n.replace(f"{watch}/", "") for n in _names(streamed)] == _names(expected)

@@ -12,12 +12,14 @@ import torch
 
 from cryopose.errors import InputError
 from cryopose.geometry.distance import geodesic_distance
+from cryopose.geometry.healpix import grid_size, nearest_grid_index
 from cryopose.geometry.rotations import axis_angle_to_matrix, random_rotations
 from cryopose.imaging.ctf import ctf_2d
 from cryopose.imaging.projection import Projector
 from cryopose.io.mrc import read_images, read_map
 from cryopose.io.particles import ParticleTable, read_particles, write_particles
 from cryopose.pose._local_grid import local_rotation_grid
+from cryopose.pose.candidates import Candidates, encode_indices, with_candidate_columns
 from cryopose.pose.refine import RefineConfig, match_local, refine_particles, refine_star
 from cryopose.simulate.particles import SimulationConfig, simulate_from_structure
 
@@ -268,3 +270,75 @@ def test_random_start_is_not_rescued(clean: Path) -> None:
     reach = config.range_deg + config.fine_range_deg  # coarse ball, then fine ball around it
     assert far > 20.0 and float(result.angle_change_deg.max()) <= reach + 1e-6
     assert float(result.cc.max()) < 0.9
+
+
+def _wrong_start_with_candidates(
+    truth: ParticleTable, k: int, seed: int
+) -> tuple[ParticleTable, Candidates, torch.Tensor]:
+    """Poses 40 degrees off, and k random order-3 grid cells per particle of which one (at a
+    varying rank) is the cell nearest to the true pose. Returns the start table, the
+    candidates and the rank (0-based) of the true cell."""
+    start = _perturbed(truth, 40.0, 0.0, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    n = len(truth)
+    indices = torch.randint(0, grid_size(3), (n, k), generator=g)
+    rank = torch.arange(n) % k
+    indices[torch.arange(n), rank] = nearest_grid_index(truth.rotations(torch.float64), 3)
+    return start, Candidates(indices, torch.full((n,), 3)), rank
+
+
+def test_candidates_rescue_a_wrong_start(clean: Path) -> None:
+    """With the true pose's grid cell among the candidates, refinement from a pose 40 degrees
+    off ends within 2 degrees; without candidates it stays far (a local search)."""
+    truth = read_particles(clean).subset(np.arange(12))
+    start, candidates, rank = _wrong_start_with_candidates(truth, 6, seed=7)
+    volume, _ = read_map(clean.parent / "ground_truth.mrc")
+    config = RefineConfig()
+    rescued = refine_particles(start, volume, config, progress=False, candidates=candidates)
+    alone = refine_particles(start, volume, config, progress=False)
+    assert float(_errors(truth, rescued.rotations).max()) < 2.0
+    assert float(_errors(truth, alone.rotations).min()) > 25.0
+    # Candidate 0 is the start pose, i >= 1 the i-th network candidate.
+    assert rescued.n_candidates == 6 and alone.n_candidates == 0
+    assert rescued.candidate is not None and torch.equal(rescued.candidate, rank + 1)
+    assert rescued.summary()["started_from_candidate_fraction"] == 1.0
+    # Fewer candidates than the true cell's rank: not rescued.
+    few = refine_particles(start, volume, RefineConfig(candidates=1), False, candidates)
+    assert float(_errors(truth, few.rotations)[rank == 0].max()) < 2.0
+    assert float(_errors(truth, few.rotations)[rank > 0].min()) > 25.0
+
+
+def test_correct_start_beats_candidates(clean: Path) -> None:
+    """The input pose is candidate 0 and wins over unrelated grid cells: nothing moves."""
+    truth = read_particles(clean).subset(np.arange(8))
+    g = torch.Generator().manual_seed(8)
+    indices = torch.randint(0, grid_size(3), (8, 5), generator=g)
+    candidates = Candidates(indices, torch.full((8,), 3))
+    volume, _ = read_map(clean.parent / "ground_truth.mrc")
+    result = refine_particles(truth, volume, RefineConfig(), False, candidates)
+    assert result.candidate is not None and int(result.candidate.max()) == 0
+    assert float(result.angle_change_deg.max()) < 1.0
+
+
+def test_refine_star_uses_the_star_candidates(clean: Path, tmp_path: Path) -> None:
+    """cryoposeTopKIndices / cryoposeGridOrder in the star file (as cryopose infer writes
+    them) are used by refine_star, and ignored with candidates=0."""
+    truth = read_particles(clean).subset(np.arange(12))
+    start, candidates, rank = _wrong_start_with_candidates(truth, 4, seed=9)
+    star_in = tmp_path / "in.star"
+    write_particles(with_candidate_columns(start, candidates.indices, 3), star_in)
+    reference = clean.parent / "ground_truth.mrc"
+    out = tmp_path / "refined.star"
+    result = refine_star(star_in, reference, out, progress=False, particles_dir=clean.parent)
+    back = read_particles(out, particles_dir=clean.parent)
+    assert float(_errors(truth, back.rotations(torch.float64)).max()) < 2.0
+    np.testing.assert_array_equal(back.particles["cryoposeRefineCandidate"], rank.numpy() + 1)
+    assert list(back.particles["cryoposeTopKIndices"]) == encode_indices(candidates.indices)
+    assert result.summary()["n_candidates"] == 4.0
+    # Refining the refined file without candidates drops the stale start column.
+    again = tmp_path / "again.star"
+    no_cand = RefineConfig(candidates=0)
+    refine_star(out, reference, again, no_cand, progress=False, particles_dir=clean.parent)
+    assert "cryoposeRefineCandidate" not in read_particles(again).particles
+    plain = refine_star(star_in, reference, tmp_path / "plain.star", no_cand, False, clean.parent)
+    assert float(_errors(truth, plain.rotations).min()) > 25.0

@@ -2,8 +2,9 @@
 
 Writes the input star file with the neighbour-averaged, symmetrised poses, the top-1
 probability (rlnMaxValueProbDistribution), the pruning score (cryoposeTop10Score), the
-neighbourhood probability and, when the model has directional statistics, the directional
-z-score (cryoposeDirectionalZScore) used by ``cryopose prune``.
+neighbourhood probability, the ``--top-k`` most probable grid cells (cryoposeTopKIndices and
+cryoposeGridOrder, the starts ``cryopose refine`` tries) and, when the model has directional
+statistics, the directional z-score (cryoposeDirectionalZScore) used by ``cryopose prune``.
 
 Example usage::
 
@@ -31,6 +32,9 @@ def infer(
         bool, typer.Option("--top1", help="Write the top-1 grid pose, not the averaged one.")
     ] = False,
     num_workers: Annotated[int, typer.Option(help="Image-reading worker processes.")] = 0,
+    top_k: Annotated[
+        int, typer.Option(help="Most probable grid cells written (cryoposeTopKIndices).")
+    ] = 10,
 ) -> None:
     """Predict the pose of every particle in STAR with the model folder MODEL.
 
@@ -46,6 +50,7 @@ def infer(
         batch_size=batch_size,
         num_workers=num_workers,
         write_top1=top1,
+        top_k=top_k,
     )
     n = len(result.probability)
     extra = "" if result.zscore is None else ", directional z-scores"

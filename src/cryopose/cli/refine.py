@@ -1,10 +1,14 @@
 """Refine particle poses and origins locally by projection matching against a reference map.
 
-Each particle's pose is searched within ``--range`` degrees (grid ``--step``), then within
-``--fine-range`` degrees of the winner (grid ``--fine-step``; ``--no-fine`` skips it), and its
-origin within ``--max-shift`` Angstrom, matching
+When STAR has the network's top-k grid poses (cryoposeTopKIndices, written by
+``cryopose infer``), each particle is first matched against its pose and its first
+``--candidates`` of them, and the search starts from the best (``--candidates 0``: from the
+pose). Each particle's pose is searched within ``--range`` degrees (grid ``--step``), then
+within ``--fine-range`` degrees of the winner (grid ``--fine-step``; ``--no-fine`` skips it),
+and its origin within ``--max-shift`` Angstrom, matching
 CTF-modulated projections of the map by Fourier cross-correlation. Writes the refined star
-file (all columns kept, plus cryoposeRefineCC and cryoposeRefineScore) and
+file (all columns kept, plus cryoposeRefineCC, cryoposeRefineScore, cryoposeRefinePeakZ,
+cryoposeRefineZScore and, with candidates, cryoposeRefineCandidate) and
 ``OUT_refine.json`` with the settings and summary.
 
 Example usage::
@@ -54,6 +58,9 @@ def refine(
     particles_dir: Annotated[
         Path | None, typer.Option(help="Folder to look for the stacks in first.")
     ] = None,
+    candidates: Annotated[
+        int, typer.Option(help="Network top-k poses tried as starts (0: only the pose).")
+    ] = 10,
     batch_size: Annotated[int, typer.Option(help="Particles matched at once.")] = 16,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
@@ -76,11 +83,14 @@ def refine(
         device=device,
         rescale_map=rescale_map,
         symmetry=symmetry,
+        candidates=candidates,
     )
     result = refine_star(star, reference, output, config, particles_dir=particles_dir)
     s = result.summary()
     coarse, fine_k = result.n_local_poses
     poses = f"{coarse} + {fine_k}" if fine_k else f"{coarse}"
+    if result.n_candidates:
+        poses = f"{result.n_candidates + 1} starts, " + poses
     typer.echo(
         f"wrote {output}: {result.n_particles} particles, {poses} local poses each; "
         f"median pose change {s['median_angle_change_deg']:.2f} deg, "

@@ -5,9 +5,17 @@ half maps, the full map and their FSC in OUT are rewritten every ``--update-ever
 Stop it with Ctrl-C or by creating WATCH_DIR/STOP; rerunning the same command resumes without
 counting any file twice.
 
+``--score cryoposeDirectionalZScore`` (default) prunes by the network's z-score before
+refinement; ``--score cryoposeRefineZScore`` refines every particle and prunes by the robust
+z-score of its refinement peak over the particles of the same file, which separates junk much
+better (see ``cryopose.pose.pruning``) but needs ``--reference`` and files of at least a few
+dozen particles.
+
 Example usage::
 
     cryopose stream incoming/ --model model/ --reference apo.mrc -o live/ --threshold -1
+
+    cryopose stream incoming/ --model m/ --reference apo.mrc --score cryoposeRefineZScore
 """
 
 from __future__ import annotations
@@ -31,11 +39,18 @@ def stream(
         "stream_output"
     ),
     threshold: Annotated[
-        float | None, typer.Option(help="Keep particles with directional z-score >= this.")
+        float | None, typer.Option(help="Keep particles with --score >= this.")
     ] = None,
     junk_fraction: Annotated[
         float | None, typer.Option(help="Or drop this fraction of each file, lowest z first.")
     ] = None,
+    score: Annotated[
+        str,
+        typer.Option(
+            help="Pruning score: cryoposeDirectionalZScore (network) or cryoposeRefineZScore "
+            "(refinement, needs --reference)."
+        ),
+    ] = "cryoposeDirectionalZScore",
     symmetry: Annotated[str, typer.Option(help="Point group of the maps.")] = "C1",
     update_every: Annotated[int, typer.Option(help="Particles between map updates.")] = 1000,
     poll_seconds: Annotated[float, typer.Option(help="Seconds between looks.")] = 2.0,
@@ -62,6 +77,7 @@ def stream(
         PipelineConfig(
             threshold=threshold,
             junk_fraction=junk_fraction,
+            score=score,
             refine=None if no_refine else RefineConfig(device=device),
             device=device,
         ),

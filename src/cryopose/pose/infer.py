@@ -21,7 +21,11 @@ The output star file is the input (every column and block, input order) with:
 * ``cryoposeNeighbourhoodProbability``: the probability mass of the averaged neighbourhood;
 * ``cryoposeDirectionalZScore``: when the model folder has directional statistics
   (:mod:`cryopose.pose.pruning`), the score's robust z-score in its viewing cone, with the
-  statistics of the model that predicted the particle.
+  statistics of the model that predicted the particle;
+* ``cryoposeTopKIndices`` and ``cryoposeGridOrder``: the ``top_k`` most probable grid cells
+  (comma-separated indices, most probable first) and the order of the model's output grid
+  (:mod:`cryopose.pose.candidates`), from which ``cryopose refine`` starts when the averaged
+  pose matches the map worse than one of them.
 
 Example usage::
 
@@ -50,6 +54,7 @@ from cryopose.io.mrc import open_stack
 from cryopose.io.particles import ParticleTable, read_particles
 from cryopose.models.image2sphere import Image2Sphere, poses_from_logits
 from cryopose.models.model_dir import CONFIG_NAME, PoseModelSpec, load_pose_model
+from cryopose.pose.candidates import Candidates, with_candidate_columns
 from cryopose.pose.pruning import ZSCORE_COLUMN, load_directional_stats
 
 __all__ = [
@@ -87,8 +92,8 @@ class InferenceResult:
     neighbourhood_probability
         ``(N,)`` float64 mass of the averaged neighbourhood.
     top_k_indices, top_k_probabilities
-        ``(N, k)`` grid indices (int64, order ``spec.network.output_order``) and probabilities
-        of the k most probable cells.
+        ``(N, k)`` grid indices (int64, order ``grid_order``) and probabilities of the k most
+        probable cells.
     model_half
         ``(N,)`` int64 model that predicted each particle (1: ``half1.pt``, 2, 0: ``full.pt``).
     zscore
@@ -97,6 +102,8 @@ class InferenceResult:
         The star file written, or ``None``.
     seconds
         Wall time of the network passes (data loading included, start-up excluded).
+    grid_order
+        Order of the model's output grid (``spec.network.output_order``).
     """
 
     table: ParticleTable
@@ -112,6 +119,13 @@ class InferenceResult:
     zscore: torch.Tensor | None
     out_star: Path | None
     seconds: float
+    grid_order: int
+
+    @property
+    def candidates(self) -> Candidates:
+        """The top-k grid cells as refinement candidates (:mod:`cryopose.pose.candidates`)."""
+        n = self.top_k_indices.shape[0]
+        return Candidates(self.top_k_indices, torch.full((n,), self.grid_order))
 
     @property
     def particles_per_second(self) -> float:
@@ -230,6 +244,7 @@ def infer_poses(
     seconds = time.perf_counter() - start
     zscore = _zscores(model_dir, out, assignment)
     written = _with_half_sets(table, spec, assignment)
+    written = with_candidate_columns(written, out.top_k_indices, spec.network.output_order)
     rotations = out.top1 if write_top1 else out.averaged
     scores: dict[str, torch.Tensor] = {
         PROBABILITY_COLUMN: out.probability,
@@ -259,6 +274,7 @@ def infer_poses(
         zscore=zscore,
         out_star=None if out_star is None else Path(out_star),
         seconds=seconds,
+        grid_order=spec.network.output_order,
     )
 
 

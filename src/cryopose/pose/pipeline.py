@@ -8,8 +8,9 @@ and returns the particles worth keeping with polished poses:
    validation statistics);
 2. pruning keeps particles whose directional z-score reaches ``threshold`` (or drops the
    ``junk_fraction`` with the lowest z-scores);
-3. :func:`cryopose.pose.refine.refine_particles` searches a small ball of rotations and
-   shifts around each pose against the reference map.
+3. :func:`cryopose.pose.refine.refine_particles` matches each particle against its predicted
+   pose and the network's top-k grid poses (``RefineConfig.candidates``), then searches a
+   small ball of rotations and shifts around the best against the reference map.
 
 With ``PipelineConfig(score="cryoposeRefineZScore")`` steps 2 and 3 swap: every particle is
 refined, and pruning uses the robust z-score of its refinement peak significance, with the
@@ -46,6 +47,7 @@ from cryopose.pose.pruning import (
 )
 from cryopose.pose.reconstruct import table_box
 from cryopose.pose.refine import (
+    CANDIDATE_COLUMN,
     CC_COLUMN,
     PEAK_Z_COLUMN,
     SCORE_COLUMN,
@@ -213,9 +215,10 @@ class PosePipeline:
         """Return the kept particles of ``table`` with predicted (and refined) poses."""
         cfg = self.config
         start = time.perf_counter()
-        inferred = infer_poses(
+        inference = infer_poses(
             table, self.model_dir, device=cfg.device, batch_size=cfg.batch_size, progress=False
-        ).table
+        )
+        inferred = inference.table
         keep = np.ones(len(inferred), dtype=bool)
         if cfg.prunes and cfg.score == ZSCORE_COLUMN:
             if ZSCORE_COLUMN not in inferred.particles.columns:
@@ -232,7 +235,8 @@ class PosePipeline:
             return kept
         start = time.perf_counter()
         refine_cfg = replace(cfg.refine, device=cfg.device)
-        result = refine_particles(kept, self._reference_volume(kept), refine_cfg, progress=False)
+        candidates = inference.candidates.subset(np.flatnonzero(keep))
+        result = refine_particles(kept, self._reference_volume(kept), refine_cfg, False, candidates)
         refine_z = refine_zscores(result.zscore)
         out = _with_columns(
             kept,
@@ -245,6 +249,9 @@ class PosePipeline:
                 REFINE_ZSCORE_COLUMN: refine_z,
             },
         )
+        if result.n_candidates > 0 and result.candidate is not None:
+            out.particles[CANDIDATE_COLUMN] = result.candidate.numpy()
+            out.blocks[out.particles_block] = out.particles
         if cfg.prunes and cfg.score == REFINE_ZSCORE_COLUMN:
             out = out.subset(np.flatnonzero(self._keep(refine_z.numpy())))
         self.timings.refinement_s += time.perf_counter() - start

@@ -17,6 +17,14 @@ cryoPARES does, with a short local search. For every particle and every candidat
    (sub-pixel by a parabola through the peak and its neighbours, along x and along y) is the
    candidate's shift and score.
 
+Before that, when the particles carry the network's top-k grid poses
+(:mod:`cryopose.pose.candidates`; ``cryopose infer`` writes them), each particle is matched
+once against its input pose and each of its first ``RefineConfig.candidates`` grid poses
+(:func:`match_candidates`: the same correlation, CTF and shift search, no local grid), and the
+local search starts from the best. A network trained for minutes often has the true pose
+among its top 10 while its averaged pose lies tens of degrees away, out of a local search's
+reach. ``cryoposeRefineCandidate`` records where the search started (0: the input pose).
+
 The best candidate wins: new pose, new origin (RELION sign: the image is the centred
 projection translated by ``-origin``) and its correlation ``cryoposeRefineCC``. An optional
 second, finer pass repeats the search around the winner. Particles stream from memory-mapped
@@ -82,6 +90,7 @@ from cryopose.imaging.shift import fourier_shift_rfft, origin_to_image_shift
 from cryopose.io.mrc import StackCache, read_images, read_map
 from cryopose.io.particles import ParticleTable, read_particles
 from cryopose.pose._local_grid import local_rotation_grid, local_rotations
+from cryopose.pose.candidates import Candidates, table_candidates
 from cryopose.pose.pruning import REFINE_ZSCORE_COLUMN, refine_zscores
 
 __all__ = [
@@ -89,6 +98,7 @@ __all__ = [
     "RefineConfig",
     "RefineResult",
     "load_reference",
+    "match_candidates",
     "match_local",
     "refine_particles",
     "refine_star",
@@ -98,6 +108,7 @@ PROB_COLUMN = "rlnMaxValueProbDistribution"
 CC_COLUMN = "cryoposeRefineCC"
 SCORE_COLUMN = "cryoposeRefineScore"
 PEAK_Z_COLUMN = "cryoposeRefinePeakZ"
+CANDIDATE_COLUMN = "cryoposeRefineCandidate"
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,16 @@ class RefineConfig:
         the width of the logistic (module docstring).
     symmetry
         Point group of the map, only recorded (refinement works on any pose).
+    candidates
+        When the particles come with the network's top-k grid poses
+        (:mod:`cryopose.pose.candidates`), match each particle against its input pose and its
+        first ``candidates`` of them (one correlation each, CTF and shift search included)
+        and run the local search from the best; ``0`` ignores them. Measured with
+        ``benchmarks/bench_pruning.py --minutes 6`` (1,000 particles of 64 px, SNR 0.1, a
+        network at 14.5 degrees median error): median error of the true particles after
+        refinement 9.6 degrees without candidates, 3.5 with 10 (94% of the particles start
+        from a candidate), junk-pruning ROC AUC of ``cryoposeRefineZScore`` 0.984 -> 0.987,
+        for 34.5 instead of 25.9 s per 1,000 particles on one (shared) thread.
     """
 
     range_deg: float = 6.0
@@ -158,6 +179,7 @@ class RefineConfig:
     score_z_mid: float = 4.0
     score_z_width: float = 1.0
     symmetry: str = "C1"
+    candidates: int = 10
 
     def validate(self) -> None:
         """Raise :class:`InputError` (no file) for settings that cannot work."""
@@ -175,6 +197,7 @@ class RefineConfig:
             (self.batch_size >= 1, "batch size >= 1"),
             (self.pad_factor >= 1, "pad factor >= 1"),
             (self.score_z_width > 0, "score z width > 0"),
+            (self.candidates >= 0, "candidates >= 0"),
         ]
         for ok, expected in checks:
             if not ok:
@@ -239,6 +262,12 @@ class RefineResult:
         Wall time of the matching.
     out_star
         The star file written (``None`` from :func:`refine_particles`).
+    n_candidates
+        Network candidates matched per particle before the local search (0: none).
+    candidate
+        ``(N,)`` int64 start of the local search: 0 the input pose, ``i >= 1`` the network's
+        ``i``-th most probable grid pose (``cryoposeRefineCandidate``); all 0 without
+        candidates.
     """
 
     rotations: torch.Tensor
@@ -251,6 +280,8 @@ class RefineResult:
     n_local_poses: tuple[int, int]
     seconds: float
     out_star: Path | None = None
+    n_candidates: int = 0
+    candidate: torch.Tensor | None = None
 
     @property
     def n_particles(self) -> int:
@@ -263,7 +294,7 @@ class RefineResult:
         return self.n_particles / max(self.seconds, 1e-9)
 
     def summary(self) -> dict[str, float]:
-        """Median pose and shift change, mean CC and score, throughput (JSON-friendly)."""
+        """Median changes, mean CC and score, throughput, candidate use (JSON-friendly)."""
         return {
             "n_particles": float(self.n_particles),
             "median_angle_change_deg": float(self.angle_change_deg.median()),
@@ -271,6 +302,12 @@ class RefineResult:
             "mean_cc": float(self.cc.mean()),
             "mean_score": float(self.score.mean()),
             "particles_per_second": self.particles_per_second,
+            "n_candidates": float(self.n_candidates),
+            "started_from_candidate_fraction": (
+                float((self.candidate > 0).to(torch.float64).mean())
+                if self.candidate is not None
+                else 0.0
+            ),
         }
 
 
@@ -357,6 +394,57 @@ def match_local(
     MatchResult
     """
     dev = projector.device
+    cand = local_rotations(rotations.to(dev, torch.float64), grid.to(dev, torch.float64))
+    return match_candidates(
+        projector, images, cand, origins_angst, angpix, ctf, max_shift_angst,
+        resolution_angst, subpixel,
+    )  # fmt: skip
+
+
+def match_candidates(
+    projector: Projector,
+    images: torch.Tensor,
+    candidates: torch.Tensor,
+    origins_angst: torch.Tensor,
+    angpix: float,
+    ctf: torch.Tensor | None = None,
+    max_shift_angst: float = 10.0,
+    resolution_angst: float | None = None,
+    subpixel: bool = True,
+) -> MatchResult:
+    """Best of ``K`` given poses per particle (and its origin) by projection matching.
+
+    The same correlation, CTF and translation search as :func:`match_local`, over an
+    explicit list of poses per particle instead of a grid around one: e.g. the input pose
+    and the network's top-k grid poses (:mod:`cryopose.pose.candidates`). Ties go to the
+    lowest candidate index.
+
+    Parameters
+    ----------
+    projector
+        Projector of the reference map (box ``D`` equal to the images').
+    images
+        ``(B, D, D)`` particle images.
+    candidates
+        ``(B, K, 3, 3)`` RELION rotation matrices to compare.
+    origins_angst
+        ``(B, 2)`` current origins (x, y) in Angstrom (RELION sign), centre of the
+        translation search.
+    angpix, ctf, max_shift_angst, resolution_angst, subpixel
+        As in :func:`match_local`.
+
+    Returns
+    -------
+    MatchResult
+        ``index`` is the winner's position in ``candidates``; ``zscore`` is its correlation's
+        z-score among the ``K`` candidates.
+    """
+    dev = projector.device
+    cand = candidates.to(dev, torch.float64)
+    if cand.ndim != 4 or cand.shape[0] != images.shape[0] or cand.shape[-2:] != (3, 3):
+        raise ValueError(
+            f"expected candidates ({images.shape[0]}, K, 3, 3), got {tuple(cand.shape)}"
+        )
     b, d = images.shape[0], projector.size
     if images.shape[-2:] != (d, d):
         raise ValueError(f"images are {tuple(images.shape[-2:])}, the projector's box is {d}")
@@ -369,8 +457,7 @@ def match_local(
     x = rfftn_centred(images.to(dev, real))
     x = fourier_shift_rfft(x, (-s0).to(real), (d, d)) * band
     x_norm = torch.sqrt(((x.real**2 + x.imag**2) * weights).sum((-2, -1)))  # (B,)
-    k = grid.shape[0]
-    cand = local_rotations(rotations.to(dev, torch.float64), grid.to(dev, torch.float64))
+    k = cand.shape[1]
     p = projector.slices(cand.reshape(-1, 3, 3)).reshape(b, k, d, d // 2 + 1)
     filt = band.to(real) if ctf is None else ctf.to(dev, real) * band
     p = p * (filt if ctf is None else filt[:, None])
@@ -532,6 +619,7 @@ def refine_particles(
     volume: torch.Tensor,
     config: RefineConfig | None = None,
     progress: bool = True,
+    candidates: Candidates | None = None,
 ) -> RefineResult:
     """Refine the poses and origins of every particle of ``table`` against ``volume``.
 
@@ -545,6 +633,12 @@ def refine_particles(
         Search settings (defaults: ``RefineConfig()``).
     progress
         Progress bar.
+    candidates
+        The network's top-k grid poses of the particles (e.g. from
+        :attr:`cryopose.pose.infer.InferenceResult.top_k_indices`); ``None`` reads them from
+        the table's ``cryoposeTopKIndices`` / ``cryoposeGridOrder`` columns when present.
+        Each particle's local search starts from the best of its input pose and its first
+        ``config.candidates`` candidates (none when that is 0).
 
     Returns
     -------
@@ -556,6 +650,11 @@ def refine_particles(
     n = len(table)
     if n == 0:
         raise InputError(table.path, "no particles to refine")
+    if cfg.candidates > 0 and candidates is None:
+        candidates = table_candidates(table)
+    if candidates is not None and len(candidates) != n:
+        raise InputError(table.path, f"{len(candidates)} candidate rows for {n} particles")
+    n_cand = 0 if candidates is None else min(cfg.candidates, candidates.k)
     dev = torch.device(cfg.device)
     angpix = float(table.angpix()[0])
     rot_in = table.rotations(dtype=torch.float64)
@@ -570,6 +669,7 @@ def refine_particles(
     origin_out = torch.empty_like(origin_in)
     cc = torch.empty(n, dtype=torch.float64)
     zscore = torch.empty(n, dtype=torch.float64)
+    chosen = torch.zeros(n, dtype=torch.int64)
     cache = StackCache()
     start_time = time.perf_counter()
     try:
@@ -592,7 +692,14 @@ def refine_particles(
                     "subpixel": cfg.subpixel,
                 }
                 origins = origin_in[idx]
-                first = match_local(projector, images, rot_in[idx], origins, grid=coarse, **kwargs)
+                start_rot = rot_in[idx]
+                if candidates is not None and n_cand > 0:
+                    # The input pose first: a tie keeps it.
+                    cand = torch.cat([start_rot[:, None], candidates.rotations(idx, n_cand)], 1)
+                    ranked = match_candidates(projector, images, cand, origins, **kwargs)
+                    start_rot = ranked.rotations.cpu()
+                    chosen[idx] = ranked.index.cpu()
+                first = match_local(projector, images, start_rot, origins, grid=coarse, **kwargs)
                 best = first
                 if fine is not None:
                     # Same translation disc (around the input origin) for both passes.
@@ -618,6 +725,8 @@ def refine_particles(
         shift_change_angst=torch.linalg.vector_norm(origin_out - origin_in, dim=-1),
         n_local_poses=(int(coarse.shape[0]), 0 if fine is None else int(fine.shape[0])),
         seconds=seconds,
+        n_candidates=n_cand,
+        candidate=chosen,
     )
 
 
@@ -633,7 +742,9 @@ def refine_star(
 
     Every input column is kept; angles and ``rlnOriginXAngst/YAngst`` are replaced,
     ``cryoposeRefineCC``, ``cryoposeRefineScore``, ``cryoposeRefinePeakZ`` and
-    ``cryoposeRefineZScore`` added (module docstring). The star file
+    ``cryoposeRefineZScore`` added (module docstring), and ``cryoposeRefineCandidate`` (the
+    start of the local search, :attr:`RefineResult.candidate`) when the star file has the
+    network's candidates (``cryoposeTopKIndices``, written by ``cryopose infer``). The star file
     (RELION 3.1 layout) and ``<out_star stem>_refine.json`` (settings and summary) are written
     atomically.
 
@@ -677,18 +788,20 @@ def refine_star(
     volume, _ = load_reference(reference_map, table, box, rescale=cfg.rescale_map)
     result = refine_particles(table, volume, cfg, progress=progress)
     out = Path(out_star)
-    write_predictions(
-        table,
-        result.rotations,
-        result.origins_angst,
-        {
-            CC_COLUMN: result.cc,
-            SCORE_COLUMN: result.score,
-            PEAK_Z_COLUMN: result.zscore,
-            REFINE_ZSCORE_COLUMN: refine_zscores(result.zscore),
-        },
-        out,
-    )
+    columns = {
+        CC_COLUMN: result.cc,
+        SCORE_COLUMN: result.score,
+        PEAK_Z_COLUMN: result.zscore,
+        REFINE_ZSCORE_COLUMN: refine_zscores(result.zscore),
+    }
+    # An integer column (write_predictions writes floats); a stale one from an earlier
+    # refinement with candidates is dropped when there were none this time.
+    particles = table.particles.drop(columns=[CANDIDATE_COLUMN], errors="ignore")
+    if result.n_candidates > 0 and result.candidate is not None:
+        particles[CANDIDATE_COLUMN] = result.candidate.numpy()
+    blocks = {**table.blocks, table.particles_block: particles}
+    table = dataclasses.replace(table, particles=particles, blocks=blocks)
+    write_predictions(table, result.rotations, result.origins_angst, columns, out)
     record = {
         "config": dataclasses.asdict(cfg),
         "star": str(star),
