@@ -124,6 +124,13 @@ def run(
     ] = 20,
     batch_size: Annotated[int, typer.Option(help="Pairs per optimisation step.")] = 1 << 14,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    polish_rounds: Annotated[
+        int,
+        typer.Option(
+            help="C1: rounds of polishing by projection matching against the reconstruction "
+            "from the recovered orientations (0: orientations from distances alone)."
+        ),
+    ] = 3,
     particles_dir: Annotated[
         Path | None, typer.Option(help="Folder to look for the stacks in first.")
     ] = None,
@@ -133,6 +140,7 @@ def run(
 
     Example: cryopose recover run particles.star --model model -o recovered.star
     """
+    from cryopose.recovery.polish import PolishSettings
     from cryopose.recovery.run import RunSettings, recover_star
 
     settings = RunSettings(
@@ -142,6 +150,7 @@ def run(
         batch_size=batch_size,
         restarts=restarts,
         seed=seed,
+        polish=PolishSettings(rounds=polish_rounds, seed=seed) if polish_rounds > 0 else None,
     )
     result = recover_star(
         star,

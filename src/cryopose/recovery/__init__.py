@@ -9,10 +9,19 @@ whose distances a callable such as a Siamese network supplies); :func:`align_o4`
 :func:`train_distance_network` trains the Siamese distance estimator
 (:class:`cryopose.models.siamese.SiameseDistance`) on projection pairs simulated from a map;
 :func:`recover_star` recovers the orientations of a star file's particles with it, and
-:func:`evaluate_recovery` scores them against the truth (E_OR, map-frame error, FSC).
+:func:`polish_orientations` refines them by projection matching against their own
+reconstruction (after :func:`resolve_frame`), and :func:`evaluate_recovery` scores them
+against the truth (E_OR, map-frame error, FSC).
 """
 
 from cryopose.recovery.align import align_o4, align_so3, e_or
+from cryopose.recovery.polish import (
+    FrameResult,
+    PolishResult,
+    PolishSettings,
+    polish_orientations,
+    resolve_frame,
+)
 from cryopose.recovery.recover import (
     DistanceFn,
     RecoveryResult,
@@ -52,6 +61,9 @@ __all__ = [
     "DistanceFn",
     "DistanceModel",
     "EvaluationResult",
+    "FrameResult",
+    "PolishResult",
+    "PolishSettings",
     "RecoveryResult",
     "RunResult",
     "RunSettings",
@@ -67,12 +79,14 @@ __all__ = [
     "features_distance_fn",
     "load_distance_model",
     "nearest_pairs",
+    "polish_orientations",
     "prepare_images",
     "prepare_volume",
     "recover_from_near_pairs",
     "recover_orientations",
     "recover_orientations_online",
     "recover_star",
+    "resolve_frame",
     "sample_pairs",
     "sample_rotation_pairs",
     "spearman",
