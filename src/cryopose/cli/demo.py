@@ -34,9 +34,7 @@ def demo(
     box: Annotated[int, typer.Option(help="Particle box in pixels.")] = 64,
     angpix: Annotated[float, typer.Option(help="Pixel size in Angstrom.")] = 3.0,
     image_size: Annotated[int, typer.Option(help="Network input in pixels.")] = 32,
-    threads: Annotated[
-        int, typer.Option(help="Torch CPU threads for training (0: one per core).")
-    ] = 1,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: one per core).")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train on apo particles, find the ligand in new particles, and write a report.
