@@ -127,12 +127,20 @@ class Dataset:
     test_small: Path
 
 
-def simulate(structure: Path, folder: Path, n: int, seed: int) -> Path:
+def simulate(
+    structure: Path,
+    folder: Path,
+    n: int,
+    seed: int,
+    angpix: float = ANGPIX,
+    box: int = BOX,
+    snr: float = SNR,
+) -> Path:
     """Simulate ``n`` particles into ``folder`` on first use; return the star file."""
     star = folder / "particles.star"
     if not star.exists():
         cmd = ["cryopose", "simulate", "particles", "--structure", str(structure)]
-        cmd += ["--angpix", str(ANGPIX), "--box", str(BOX), "-n", str(n), "--snr", str(SNR)]
+        cmd += ["--angpix", str(angpix), "--box", str(box), "-n", str(n), "--snr", str(snr)]
         cmd += ["--ctf", "--seed", str(seed), "-o", str(folder)]
         subprocess.run(cmd, check=True, capture_output=True)
     return star.resolve()
@@ -283,14 +291,19 @@ def epoch_speed(events_file: Path) -> tuple[int, float]:
     return int(ends[-1][0]) + 1, ends[-1][1] - starts[0]
 
 
-def cryopares_train(data: Dataset, work: Path, max_minutes: float) -> dict[str, Any]:
-    """Train the small CPU model for ``max_minutes``; return speed, memory, checkpoint size."""
+def cryopares_train(
+    data: Dataset, work: Path, max_minutes: float, box: int = BOX, angpix: float = ANGPIX
+) -> dict[str, Any]:
+    """Train the small CPU model for ``max_minutes``; return speed, memory, checkpoint size.
+
+    ``box`` and ``angpix`` are the network's input (the particles' own sampling).
+    """
     save_dir = work / "train"
     shutil.rmtree(save_dir, ignore_errors=True)
     cmd = [peer_bin("cryopares_train"), "--symmetry", SYMMETRY]
     cmd += ["--particles_star_fname", str(data.train), "--particles_dir", str(data.train.parent)]
-    cmd += ["--train_save_dir", str(save_dir), "--image_size_px_for_nnet", str(BOX)]
-    cmd += ["--sampling_rate_angs_for_nnet", str(ANGPIX), "--NOT_split_halves"]
+    cmd += ["--train_save_dir", str(save_dir), "--image_size_px_for_nnet", str(box)]
+    cmd += ["--sampling_rate_angs_for_nnet", str(angpix), "--NOT_split_halves"]
     cmd += ["--batch_size", str(BATCH_SIZE), "--num_dataworkers", "1", "--n_epochs", "100"]
     cmd += ["--config", *CRYOPARES_CONFIG]
     total = int(max_minutes * 60)
@@ -334,15 +347,24 @@ def cryopares_train(data: Dataset, work: Path, max_minutes: float) -> dict[str, 
     }
 
 
-def cryopares_infer(star: Path, checkpoint_dir: str, results: Path) -> tuple[Run, Path]:
-    """Network-only prediction of ``star``; return the run and the predicted star file."""
+def cryopares_infer(
+    star: Path,
+    checkpoint_dir: str,
+    results: Path,
+    skip: tuple[str, ...] = ("--skip_localrefinement", "--skip_reconstruction"),
+) -> tuple[Run, Path]:
+    """Prediction of ``star``; return the run and the predicted star file.
+
+    ``skip``: the stages left out (default: network only; ``()`` runs cryoPARES's whole
+    pipeline: network, local refinement and reconstruction).
+    """
     shutil.rmtree(results, ignore_errors=True)
     cmd = [peer_bin("cryopares_infer"), "--particles_star_fname", str(star)]
     cmd += ["--particles_dir", str(star.parent), "--checkpoint_dir", checkpoint_dir]
     cmd += ["--results_dir", str(results), "--data_halfset", "allParticles"]
     cmd += ["--model_halfset", "allParticles", "--NOT_use_cuda", "--n_cpus_if_no_cuda", "1"]
     cmd += ["--num_dataworkers", "1", "--batch_size", str(BATCH_SIZE)]
-    cmd += ["--skip_localrefinement", "--skip_reconstruction"]
+    cmd += list(skip)
     run = run_logged(cmd, results.with_suffix(".log"))
     stars = sorted(results.glob("*.star"))
     if len(stars) != 1:
@@ -423,13 +445,20 @@ def train_log_speed(model_dir: Path) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def cryopose_side(data: Dataset, max_minutes: float, work: Path) -> dict[str, Any]:
-    """Train, infer and evaluate cryopose with the same data, budget and output grid.
+def train_cryopose(
+    train_star: Path,
+    work: Path,
+    max_minutes: float,
+    net_size: int = NET_SIZE,
+    half_sets: bool = False,
+) -> dict[str, Any]:
+    """Map from the training particles, then pre-training on it and fine-tuning, in the budget.
 
     The budget covers everything cryopose does with the training particles: reconstructing
-    a map from them (their poses are known) and training one network (no half sets, as the
-    peer) that first pre-trains on fresh particles simulated from that map
-    (``PRETRAIN_SHARE`` of the budget) and then fine-tunes on the particles themselves.
+    a map from them (their poses are known, ``WORK/train_map.mrc``) and training the network
+    of ``WORK/model`` (``half_sets``: two gold-standard half models, else one on all) that
+    first pre-trains on fresh particles simulated from that map (``PRETRAIN_SHARE`` of the
+    budget) and then fine-tunes on the particles themselves. Returns speed and timings.
     """
     require_cryopose_commands()
     model = work / "model"
@@ -437,23 +466,24 @@ def cryopose_side(data: Dataset, max_minutes: float, work: Path) -> dict[str, An
     load_before = loadavg()
     reference = work / "train_map.mrc"
     recon = run_logged(
-        ["cryopose", "reconstruct", str(data.train), "-o", str(reference), "--ctf"],
+        ["cryopose", "reconstruct", str(train_star), "-o", str(reference), "--ctf"],
         work / "reconstruct.log",
         ONE_THREAD,
     )
     left = max_minutes - recon.seconds / 60.0
     pretrain, finetune = PRETRAIN_SHARE * left, (1.0 - PRETRAIN_SHARE) * left
-    cmd = ["cryopose", "train", str(data.train), "-o", str(model), "--symmetry", SYMMETRY]
-    cmd += ["--image-size", str(NET_SIZE), "--output-order", str(GRID_ORDER), "--device", "cpu"]
-    cmd += ["--activation-order", "1", "--no-half-sets", "--threads", "1"]
-    cmd += ["--pretrain-map", str(reference), "--pretrain-minutes", f"{pretrain:.3f}"]
+    cmd = ["cryopose", "train", str(train_star), "-o", str(model), "--symmetry", SYMMETRY]
+    cmd += ["--image-size", str(net_size), "--output-order", str(GRID_ORDER), "--device", "cpu"]
+    cmd += ["--activation-order", "1", "--half-sets" if half_sets else "--no-half-sets"]
+    cmd += ["--threads", "1", "--pretrain-map", str(reference)]
+    cmd += ["--pretrain-minutes", f"{pretrain:.3f}"]
     cmd += ["--pretrain-epochs", "1000", "--max-minutes", f"{finetune:.3f}"]
     train_run = run_logged(cmd, work / "train.log", ONE_THREAD)
     config = json.loads((model / "config.json").read_text())
     speed = train_log_speed(model)
     if speed is None:
         sys.exit(f"{model / 'train_log.csv'} has no images/s column")
-    train = {
+    return {
         "images_per_s": speed,
         "command_seconds": train_run.seconds + recon.seconds,
         "reconstruct_seconds": recon.seconds,
@@ -462,6 +492,12 @@ def cryopose_side(data: Dataset, max_minutes: float, work: Path) -> dict[str, An
         "pretrain_snr": config["extra"].get("pretrain_snr"),
         "load": f"{load_before} -> {loadavg()}",
     }
+
+
+def cryopose_side(data: Dataset, max_minutes: float, work: Path) -> dict[str, Any]:
+    """Train (:func:`train_cryopose`), infer and evaluate cryopose with the same data and grid."""
+    train = train_cryopose(data.train, work, max_minutes)
+    model = work / "model"
     load_before = loadavg()
     times = {}
     for label, star in (("small", data.test_small), ("full", data.test)):
