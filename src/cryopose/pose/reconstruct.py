@@ -48,7 +48,11 @@ class ReconstructionResult:
     half1, half2
         Half maps (``None`` unless half maps were asked for).
     fsc
-        ``(D // 2 + 1,)`` FSC between the half maps (``None`` without halves).
+        ``(D // 2 + 1,)`` FSC between the half maps (``None`` without halves). With
+        ``regularisation="tau2"`` it is the FSC of the half maps *before* the tau2 filter
+        (the filter is built from this very curve, and the FSC of the filtered maps reads
+        better than the data are: half maps from random poses gave 8.5 A filtered, 38.9 A
+        unfiltered, on 1,000 particles of 64 px at 2 A/px).
     angpix
         Voxel size in Angstrom.
     n_particles
@@ -157,8 +161,9 @@ def reconstruct_particles(
     else:
         h1, h2 = (recs[k].finalize(regularisation) for k in (1, 2))
         full = total.finalize(regularisation)
+        curve = fsc_curve(h1, h2)
     n_half = (int((subsets == 1).sum()), int((subsets == 2).sum()))
-    return ReconstructionResult(full, h1, h2, fsc_curve(h1, h2), angpix, n, n_half)
+    return ReconstructionResult(full, h1, h2, curve, angpix, n, n_half)
 
 
 def table_box(table: ParticleTable) -> int:
