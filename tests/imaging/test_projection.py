@@ -218,3 +218,22 @@ def test_batching_fourier_output_and_function_form() -> None:
         proj.project(rots, shifts)
     with pytest.raises(ValueError, match="cubic"):
         Projector(torch.zeros(4, 4, 5))
+
+
+def test_cropped_slices_are_the_fourier_cropped_projection() -> None:
+    """``slices(box=b)`` holds the low frequencies: its image is the projection Fourier-cropped
+    to ``b`` pixels (cryopose.imaging.resample.fourier_crop of the full-size image)."""
+    from cryopose.imaging.fft import irfftn_centred
+    from cryopose.imaging.resample import fourier_crop
+
+    g = torch.Generator().manual_seed(5)
+    volume = torch.randn(32, 32, 32, generator=g, dtype=torch.float64)
+    rotations = euler_to_matrix(torch.tensor([[10.0, 40.0, 70.0], [200.0, 100.0, -30.0]]))
+    projector = Projector(volume)
+    full = projector.project(rotations.to(torch.float64))
+    for box in (20, 21, 32):
+        small = irfftn_centred(projector.slices(rotations, box=box), (box, box))
+        expected = fourier_crop(full, box)
+        torch.testing.assert_close(small * (box / 32) ** 2, expected, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="between 1 and 32"):
+        projector.slices(rotations, box=33)

@@ -20,7 +20,13 @@ from cryopose.io.mrc import read_images, read_map
 from cryopose.io.particles import ParticleTable, read_particles, write_particles
 from cryopose.pose._local_grid import local_rotation_grid
 from cryopose.pose.candidates import Candidates, encode_indices, with_candidate_columns
-from cryopose.pose.refine import RefineConfig, match_local, refine_particles, refine_star
+from cryopose.pose.refine import (
+    RefineConfig,
+    match_local,
+    refine_particles,
+    refine_star,
+    working_box,
+)
 from cryopose.simulate.particles import SimulationConfig, simulate_from_structure
 
 BOX = 40
@@ -149,8 +155,11 @@ def _bandpass(images: torch.Tensor, kmax: float) -> torch.Tensor:
     return torch.fft.irfft2(f, s=images.shape[-2:])
 
 
-def test_matches_brute_force_search(noisy: Path) -> None:
-    """One particle: every local pose x every whole-pixel origin, projected one by one."""
+@pytest.mark.parametrize("crop", [False, True])
+def test_matches_brute_force_search(noisy: Path, crop: bool) -> None:
+    """One particle: every local pose x every origin on the search's translation grid
+    (whole pixels, or every ``BOX / working_box`` pixels when Fourier-cropped), projected
+    one by one at the full box and band-passed."""
     table = read_particles(noisy).subset([5])
     start = _perturbed(table, 4.0, 1.0, seed=4)
     volume, _ = read_map(noisy.parent / "ground_truth.mrc")
@@ -181,21 +190,25 @@ def test_matches_brute_force_search(noisy: Path) -> None:
         max_shift_angst=max_shift,
         resolution_angst=resolution,
         subpixel=False,
+        crop=crop,
     )
     kmax = ANGPIX / resolution
     target = _bandpass(image, kmax)[0]
-    r = int(max_shift / ANGPIX)
+    # Translation grid step in pixels: 40 / 36 at 6 A (band 0.417 cycles/px + one spare).
+    step = BOX / working_box(BOX, ANGPIX, resolution) if crop else 1.0
+    assert step == (pytest.approx(40 / 36) if crop else 1.0)
+    r = int(max_shift / (ANGPIX * step))
     offsets = [(u, v) for u in range(-r, r + 1) for v in range(-r, r + 1) if u * u + v * v <= r * r]
     pairs = [(k, u, v) for k in range(grid.shape[0]) for u, v in offsets]
     rotations = torch.stack([grid[k] @ rot0[0] for k, _, _ in pairs])
-    steps = torch.tensor([[u, v] for _, u, v in pairs], dtype=torch.float64)
+    steps = torch.tensor([[u, v] for _, u, v in pairs], dtype=torch.float64) * step
     refs = _bandpass(projector.project(rotations, origin0 + steps * ANGPIX, ANGPIX, ctf), kmax)
     ccs = (refs * target).sum((-2, -1)) / torch.sqrt((refs**2).sum((-2, -1)) * (target**2).sum())
     j = int(ccs.argmax())
     best = (float(ccs[j]), pairs[j][0], pairs[j][1:])
     cc, k, (u, v) = best
     assert int(ours.index[0]) == k
-    expected_origin = origin0[0] + torch.tensor([u, v], dtype=torch.float64) * ANGPIX
+    expected_origin = origin0[0] + torch.tensor([u, v], dtype=torch.float64) * step * ANGPIX
     torch.testing.assert_close(ours.origins_angst[0], expected_origin, rtol=0, atol=1e-4)
     assert float(ours.cc[0]) == pytest.approx(cc, abs=2e-4)
 

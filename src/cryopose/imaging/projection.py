@@ -96,11 +96,8 @@ class Projector:
         f = torch.cat([f, f[:, :1]], dim=1)
         # (1, 2, P+1, P+1, P//2+1): real and imaginary parts as channels for grid_sample.
         self._grid_input = f.permute(3, 0, 1, 2).unsqueeze(0).contiguous()
-        ky, kx = rfft_freq_grid((d, d), device=self.device, dtype=self.dtype)
-        inside = kx * kx + ky * ky <= 0.25  # RELION keeps |k| <= Nyquist only
-        self._inside = inside
-        # (M, 3) xyz frequencies (cycles/pixel) of the image samples that are not zeroed.
-        self._k = torch.stack([kx[inside], ky[inside], torch.zeros_like(kx[inside])], dim=-1)
+        # Per output box: which rfft samples are kept and their (M, 3) xyz frequencies.
+        self._samples: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def volume_rfft(self) -> torch.Tensor:
@@ -138,28 +135,51 @@ class Projector:
         ).reshape(2, *q.shape[:-1])
         return torch.complex(out[0], out[1] * sign[..., 0])
 
-    def slices(self, rotations: torch.Tensor) -> torch.Tensor:
+    def _sample_points(self, box: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(box, box // 2 + 1)`` bool mask and ``(M, 3)`` xyz frequencies of its samples.
+
+        Frequencies are in cycles per pixel of the volume: sample ``(jy, jx)`` of a ``box``
+        rfft is frequency ``(jy, jx) / D``, so a smaller box is the low-frequency part of the
+        ``D`` one. Samples beyond the volume's Nyquist (``|k| > 0.5``) are left out.
+        """
+        if box not in self._samples:
+            ky, kx = rfft_freq_grid((box, box), device=self.device, dtype=self.dtype)
+            scale = box / self.size
+            ky, kx = ky * scale, kx * scale
+            inside = kx * kx + ky * ky <= 0.25  # RELION keeps |k| <= Nyquist only
+            k = torch.stack([kx[inside], ky[inside], torch.zeros_like(kx[inside])], dim=-1)
+            self._samples[box] = (inside, k)
+        return self._samples[box]
+
+    def slices(self, rotations: torch.Tensor, box: int | None = None) -> torch.Tensor:
         """Central slices (Fourier transforms of the unshifted, CTF-free projections).
 
         Parameters
         ----------
         rotations
             ``(N, 3, 3)`` RELION rotation matrices A.
+        box
+            Size ``B <= D`` of the slices: the low frequencies only, as the rfft of the
+            projection Fourier-cropped to ``B`` pixels (``None``: ``D``). Projecting fewer
+            frequencies costs proportionally less.
 
         Returns
         -------
         torch.Tensor
-            Complex ``(N, D, D // 2 + 1)`` in the layout of
-            :func:`cryopose.imaging.fft.rfftn_centred`, zero beyond Nyquist.
+            Complex ``(N, B, B // 2 + 1)`` in the layout of
+            :func:`cryopose.imaging.fft.rfftn_centred`, zero beyond the volume's Nyquist.
         """
+        d = self.size if box is None else int(box)
+        if not 1 <= d <= self.size:
+            raise ValueError(f"slice box must be between 1 and {self.size}, got {box}")
+        inside, k = self._sample_points(d)
         rot = rotations.to(device=self.device, dtype=self.dtype)
         # Image frequency k samples the volume at A^T k: row vector k @ A.
-        q = self._k @ rot  # (N, M, 3)
-        d = self.size
+        q = k @ rot  # (N, M, 3)
         out = torch.zeros(
             (rot.shape[0], d, d // 2 + 1), dtype=_complex_dtype(self.dtype), device=self.device
         )
-        out[:, self._inside] = self._sample(q)
+        out[:, inside] = self._sample(q)
         return out
 
     def project(

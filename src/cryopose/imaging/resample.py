@@ -25,7 +25,14 @@ import torch
 
 from cryopose.imaging.fft import irfftn_centred, rfftn_centred
 
-__all__ = ["fourier_crop", "fourier_pad", "fourier_resize", "rescale", "window_centred"]
+__all__ = [
+    "fourier_crop",
+    "fourier_pad",
+    "fourier_resize",
+    "rescale",
+    "resize_rfft",
+    "window_centred",
+]
 
 
 def _freq_index(f: torch.Tensor, n: int) -> torch.Tensor:
@@ -69,6 +76,34 @@ def _shape_of(x: torch.Tensor, ndim: int) -> tuple[int, ...]:
     return tuple(x.shape[-ndim:])
 
 
+def resize_rfft(
+    f: torch.Tensor, old_shape: tuple[int, ...], new_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Crop or zero-pad an rfft (standard layout) to the rfft of another box, unscaled.
+
+    Parameters
+    ----------
+    f
+        Complex ``(..., *old_shape[:-1], old_shape[-1] // 2 + 1)`` from
+        :func:`cryopose.imaging.fft.rfftn_centred` (any number of spatial axes).
+    old_shape, new_shape
+        Real-space shapes of the spatial axes before and after.
+
+    Returns
+    -------
+    torch.Tensor
+        Complex ``(..., *new_shape[:-1], new_shape[-1] // 2 + 1)``: the frequencies both boxes
+        hold are copied (a Nyquist plane shared between the two halves when padding), the rest
+        is zero. Values are not rescaled (:func:`fourier_resize` multiplies by the size ratio).
+    """
+    ndim = len(old_shape)
+    if len(new_shape) != ndim:
+        raise ValueError(f"shapes {old_shape} and {new_shape} differ in dimensions")
+    for i in range(ndim - 1):
+        f = _resize_full_axis(f, i - ndim, old_shape[i], new_shape[i])
+    return _resize_half_axis(f, old_shape[-1], new_shape[-1])
+
+
 def fourier_resize(x: torch.Tensor, new_size: int | tuple[int, ...], ndim: int = 2) -> torch.Tensor:
     """Crop or pad the centred Fourier transform of ``x`` to a new box size.
 
@@ -90,10 +125,7 @@ def fourier_resize(x: torch.Tensor, new_size: int | tuple[int, ...], ndim: int =
     new = (new_size,) * ndim if isinstance(new_size, int) else tuple(new_size)
     if len(new) != ndim or min(new) < 1:
         raise ValueError(f"new size {new_size} does not give {ndim} positive sizes")
-    f = rfftn_centred(x, ndim=ndim)
-    for i in range(ndim - 1):
-        f = _resize_full_axis(f, i - ndim, old[i], new[i])
-    f = _resize_half_axis(f, old[-1], new[-1])
+    f = resize_rfft(rfftn_centred(x, ndim=ndim), old, new)
     scale = 1.0
     for n_old, n_new in zip(old, new, strict=True):
         scale *= n_new / n_old
