@@ -338,3 +338,31 @@ def test_table_without_file_is_usable() -> None:
         particles_block="",
     )
     assert t.angpix().tolist() == [1.0] and shutil.which("true") is not None
+
+
+def test_relocated_table_finds_its_images_from_the_new_folder(tmp_path: Path) -> None:
+    """Image names are relative to the star file: a relocated copy written elsewhere reads the
+    same images (RELION's convention), and the original names are left alone."""
+    from cryopose.io.mrc import read_images, write_stack
+
+    source = tmp_path / "project" / "Extract"
+    source.mkdir(parents=True)
+    images = torch.arange(3 * 4 * 4, dtype=torch.float32).reshape(3, 4, 4)
+    write_stack(source / "stack.mrcs", images, 2.0)
+    particles = pd.DataFrame(
+        {"rlnImageName": ["000003@Extract/stack.mrcs", "000001@Extract/stack.mrcs"]}
+    )
+    star = tmp_path / "project" / "particles.star"
+    write_star({"particles": particles}, star)
+    table = read_particles(star)
+    target = tmp_path / "elsewhere" / "run" / "kept.star"
+    target.parent.mkdir(parents=True)
+    moved = table.relocated(target)
+    write_particles(moved, target)
+    assert moved.particles["rlnImageName"].tolist() == [
+        "000003@../../project/Extract/stack.mrcs",
+        "000001@../../project/Extract/stack.mrcs",
+    ]
+    assert table.particles["rlnImageName"].tolist()[0] == "000003@Extract/stack.mrcs"
+    back = read_images(read_particles(target).image_locations())
+    torch.testing.assert_close(back, images[[2, 0]])

@@ -58,6 +58,7 @@ def _register_commands() -> None:
         fsc,
         infer,
         info,
+        pipeline,
         project,
         prune,
         reconstruct,

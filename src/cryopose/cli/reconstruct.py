@@ -10,7 +10,6 @@ Example usage::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -38,10 +37,8 @@ def reconstruct(
 
     Example: cryopose reconstruct particles.star -o map.mrc --ctf --halves
     """
-    from cryopose.evaluation.fsc import resolution_at
-    from cryopose.io.mrc import write_map
     from cryopose.io.particles import read_particles
-    from cryopose.pose.reconstruct import reconstruct_particles
+    from cryopose.pose.reconstruct import reconstruct_particles, write_reconstruction
 
     table = read_particles(star, particles_dir=particles_dir)
     result = reconstruct_particles(
@@ -53,26 +50,12 @@ def reconstruct(
         regularisation="tau2" if halves else "relion",
         device=device,
     )
-    write_map(output, result.full, result.angpix)
+    summary = write_reconstruction(result, output)
     typer.echo(f"wrote {output} from {result.n_particles} particles")
-    if result.half1 is not None and result.half2 is not None and result.fsc is not None:
+    if summary:
         stem = output.with_suffix("")
-        for k, half in ((1, result.half1), (2, result.half2)):
-            write_map(f"{stem}_half{k}.mrc", half, result.angpix)
-        box = result.full.shape[-1]
-        res143 = resolution_at(result.fsc, box, result.angpix, 0.143)
-        res05 = resolution_at(result.fsc, box, result.angpix, 0.5)
-        summary = {
-            "particles_per_half": list(result.n_half or ()),
-            "resolution_fsc_0.143": res143,
-            "resolution_fsc_0.5": res05,
-            "fsc": [float(v) for v in result.fsc],
-        }
-        from cryopose._atomic import atomic_path
-
-        with atomic_path(f"{stem}_fsc.json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=2))
         typer.echo(
             f"wrote {stem}_half1.mrc, {stem}_half2.mrc, {stem}_fsc.json: half-map FSC "
-            f"resolution {res143:.2f} A (0.143), {res05:.2f} A (0.5)"
+            f"resolution {summary['resolution_fsc_0.143']:.2f} A (0.143), "
+            f"{summary['resolution_fsc_0.5']:.2f} A (0.5)"
         )

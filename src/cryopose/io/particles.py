@@ -33,6 +33,7 @@ their output.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -394,6 +395,30 @@ class ParticleTable:
                 self._location_cache[stack] = resolved
             out.append((resolved, index))
         return out
+
+    def relocated(self, star: str | Path) -> ParticleTable:
+        """Return a copy to be written as ``star``, image names rewritten to resolve there.
+
+        Image names are relative to the folder of the star file that holds them (RELION's
+        convention), so a table written elsewhere than it was read would lose its images:
+        each name becomes the stack's path relative to ``star``'s folder (the same index).
+
+        Raises
+        ------
+        InputError
+            A stack that cannot be found (as :meth:`image_locations`).
+        """
+        target = Path(star).resolve()
+        base = target.parent
+        names = [
+            f"{index + 1:06d}@{os.path.relpath(path.resolve(), base)}"
+            for path, index in self.image_locations()
+        ]
+        particles = self.particles.copy()
+        particles["rlnImageName"] = names
+        blocks = dict(self.blocks)
+        blocks[self.particles_block] = particles
+        return replace(self, particles=particles, blocks=blocks, path=target, particles_dir=None)
 
     def random_subset(self) -> npt.NDArray[np.int64]:
         """Gold-standard half set of every particle (``rlnRandomSubset``, 1 or 2).

@@ -45,7 +45,7 @@ from cryopose.pose.pruning import (
     refine_zscores,
     threshold_from_fraction,
 )
-from cryopose.pose.reconstruct import table_box
+from cryopose.pose.reconstruct import reconstruct_particles, table_box, write_reconstruction
 from cryopose.pose.refine import (
     CANDIDATE_COLUMN,
     CC_COLUMN,
@@ -56,7 +56,13 @@ from cryopose.pose.refine import (
     refine_particles,
 )
 
-__all__ = ["PipelineConfig", "PipelineTimings", "PosePipeline", "run_pipeline"]
+__all__ = [
+    "PipelineConfig",
+    "PipelineTimings",
+    "PosePipeline",
+    "run_experiment",
+    "run_pipeline",
+]
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,8 @@ class PosePipeline:
         (rescaled when ``config.refine.rescale_map``); ``None`` skips refinement.
     config
         Pipeline settings.
+    progress
+        Progress bars for inference and refinement (off for streams of small files).
 
     Raises
     ------
@@ -166,8 +174,10 @@ class PosePipeline:
         model_dir: str | Path,
         reference: str | Path | None,
         config: PipelineConfig | None = None,
+        progress: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.progress = progress
         self.reference = None if reference is None else Path(reference)
         self.config = config if config is not None else PipelineConfig()
         self.timings = PipelineTimings()
@@ -216,7 +226,11 @@ class PosePipeline:
         cfg = self.config
         start = time.perf_counter()
         inference = infer_poses(
-            table, self.model_dir, device=cfg.device, batch_size=cfg.batch_size, progress=False
+            table,
+            self.model_dir,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            progress=self.progress,
         )
         inferred = inference.table
         keep = np.ones(len(inferred), dtype=bool)
@@ -236,7 +250,8 @@ class PosePipeline:
         start = time.perf_counter()
         refine_cfg = replace(cfg.refine, device=cfg.device)
         candidates = inference.candidates.subset(np.flatnonzero(keep))
-        result = refine_particles(kept, self._reference_volume(kept), refine_cfg, False, candidates)
+        volume = self._reference_volume(kept)
+        result = refine_particles(kept, volume, refine_cfg, self.progress, candidates)
         refine_z = refine_zscores(result.zscore)
         out = _with_columns(
             kept,
@@ -285,5 +300,100 @@ def run_pipeline(
     }
     out = Path(out_star)
     with atomic_path(out.with_name(out.stem + "_pipeline.json")) as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def run_experiment(
+    star: str | Path,
+    model_dir: str | Path,
+    reference: str | Path | None,
+    out_dir: str | Path,
+    config: PipelineConfig | None = None,
+    symmetry: str | None = None,
+    particles_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Take a new experiment from picked particles to gold-standard maps, in one process.
+
+    :class:`PosePipeline` (network poses, pruning, local refinement: with the particles' CTF
+    when they have CTF columns), then the half maps and the full map of the kept particles
+    (CTF-corrected when the particles have CTF columns,
+    RELION's tau2 regularisation from the half-map FSC), as ``cryopose infer``, ``prune``,
+    ``refine`` and ``reconstruct --halves`` do one after the other, without reading and
+    writing the intermediate star files or starting four processes.
+
+    Parameters
+    ----------
+    star
+        Particles of the new experiment.
+    model_dir, reference, config
+        As for :class:`PosePipeline`.
+    out_dir
+        Output folder (created): ``particles.star`` (kept particles, image names relative to
+        it), ``map.mrc``, ``map_half1.mrc``, ``map_half2.mrc``, ``map_fsc.json`` and
+        ``pipeline.json`` (counts, seconds per stage, particles/s, resolutions, settings).
+    symmetry
+        Point group of the maps (``None``: the model's).
+    particles_dir
+        Folder to look for the stacks in first.
+    progress
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        The ``pipeline.json`` summary.
+
+    Raises
+    ------
+    InputError
+        As :class:`PosePipeline`; also when pruning keeps no particle.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = read_particles(star, particles_dir=particles_dir)
+    if len(table) == 0:
+        raise InputError(star, "no particles")
+    cfg = config if config is not None else PipelineConfig()
+    if cfg.refine is not None and cfg.refine.ctf and not table.has_ctf:
+        # No CTF columns: particles simulated or already corrected; match without a CTF.
+        cfg = replace(cfg, refine=replace(cfg.refine, ctf=False))
+    pipeline = PosePipeline(model_dir, reference, cfg, progress=progress)
+    group = read_pose_model_spec(pipeline.model_dir).symmetry if symmetry is None else symmetry
+    kept = pipeline(table)
+    if len(kept) == 0:
+        raise InputError(star, "pruning kept no particle; expected a lower threshold")
+    particles_star = out / "particles.star"
+    kept = kept.relocated(particles_star)
+    write_particles(kept, particles_star)
+    recon_start = time.perf_counter()
+    result = reconstruct_particles(
+        kept,
+        ctf=kept.has_ctf,
+        symmetry=group,
+        halves=True,
+        regularisation="tau2",
+        device=pipeline.config.device,
+        show_progress=progress,
+    )
+    fsc_summary = write_reconstruction(result, out / "map.mrc")
+    t = pipeline.timings
+    total = time.perf_counter() - start
+    summary: dict[str, Any] = {
+        "n_input": t.n_in,
+        "n_kept": t.n_kept,
+        "inference_s": t.inference_s,
+        "refinement_s": t.refinement_s,
+        "reconstruction_s": time.perf_counter() - recon_start,
+        "total_s": total,
+        "particles_per_second": t.n_in / total,
+        "symmetry": group,
+        "resolution_fsc_0.143": fsc_summary["resolution_fsc_0.143"],
+        "resolution_fsc_0.5": fsc_summary["resolution_fsc_0.5"],
+        "config": asdict(pipeline.config),
+    }
+    with atomic_path(out / "pipeline.json") as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

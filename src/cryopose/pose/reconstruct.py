@@ -12,18 +12,21 @@ torch.Size([64, 64, 64])
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from cryopose._atomic import atomic_path
 from cryopose._progress import progress
 from cryopose.errors import InputError
 from cryopose.imaging.ctf import ctf_2d
 from cryopose.imaging.reconstruct import FourierReconstructor, _one_thread
-from cryopose.io.mrc import StackCache, read_images
+from cryopose.io.mrc import StackCache, read_images, write_map
 from cryopose.io.particles import ParticleTable
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "insert_particles",
     "reconstruct_particles",
     "table_box",
+    "write_reconstruction",
 ]
 
 Regularisation = Literal["relion", "wiener", "tau2"]
@@ -164,6 +168,39 @@ def reconstruct_particles(
         curve = fsc_curve(h1, h2)
     n_half = (int((subsets == 1).sum()), int((subsets == 2).sum()))
     return ReconstructionResult(full, h1, h2, curve, angpix, n, n_half)
+
+
+def write_reconstruction(result: ReconstructionResult, output: str | Path) -> dict[str, object]:
+    """Write the maps of ``result``: ``output`` and, with half maps, their FSC summary.
+
+    With half maps: ``<stem>_half1.mrc``, ``<stem>_half2.mrc`` and ``<stem>_fsc.json``
+    (particles per half, FSC 0.143 and 0.5 resolutions in Angstrom, the curve), every file
+    written atomically.
+
+    Returns
+    -------
+    dict
+        The FSC summary (empty without half maps).
+    """
+    from cryopose.evaluation.fsc import resolution_at
+
+    out = Path(output)
+    write_map(out, result.full, result.angpix)
+    if result.half1 is None or result.half2 is None or result.fsc is None:
+        return {}
+    stem = out.with_suffix("")
+    for k, half in ((1, result.half1), (2, result.half2)):
+        write_map(f"{stem}_half{k}.mrc", half, result.angpix)
+    box = result.full.shape[-1]
+    summary: dict[str, object] = {
+        "particles_per_half": list(result.n_half or ()),
+        "resolution_fsc_0.143": resolution_at(result.fsc, box, result.angpix, 0.143),
+        "resolution_fsc_0.5": resolution_at(result.fsc, box, result.angpix, 0.5),
+        "fsc": [float(v) for v in result.fsc],
+    }
+    with atomic_path(f"{stem}_fsc.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def table_box(table: ParticleTable) -> int:
