@@ -205,10 +205,19 @@ def run_logged(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> 
 
 
 def median_mean_error(true_star: Path, pred_star: Path) -> dict[str, float]:
-    """Angular errors (degrees, C1) of predicted vs true poses, rows matched by image name."""
+    """Angular errors (degrees, C1) of predicted vs true poses, rows matched by image.
+
+    Images are matched by index and stack file name: tools write the folder part relative
+    to wherever they put their star file.
+    """
     truth, pred = read_particles(true_star), read_particles(pred_star)
-    position = {name: i for i, name in enumerate(truth.particles["rlnImageName"])}
-    index = [position[name] for name in pred.particles["rlnImageName"]]
+
+    def key(name: object) -> tuple[int, str]:
+        index, path = str(name).split("@", 1)
+        return int(index), Path(path).name
+
+    position = {key(name): i for i, name in enumerate(truth.particles["rlnImageName"])}
+    index = [position[key(name)] for name in pred.particles["rlnImageName"]]
     err = angular_error(truth.subset(index).rotations(torch.float64), pred.rotations(torch.float64))
     return {
         "n": float(err.numel()),
