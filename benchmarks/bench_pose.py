@@ -43,6 +43,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -58,6 +59,7 @@ from harness import ROOT, Row, emit, machine
 
 from cryopose.data.demo_files import demo_dir
 from cryopose.geometry.distance import angular_error
+from cryopose.geometry.healpix import grid_resolution_deg
 from cryopose.io.particles import read_particles, write_particles
 
 DEFAULT_STRUCTURE = demo_dir().parent / "shrec" / "1u6g.pdb.gz"  # bundled with cryopose
@@ -503,9 +505,11 @@ def train_cryopose(
     }
 
 
-def cryopose_side(data: Dataset, max_minutes: float, work: Path) -> dict[str, Any]:
+def cryopose_side(
+    data: Dataset, max_minutes: float, work: Path, net_size: int = NET_SIZE
+) -> dict[str, Any]:
     """Train (:func:`train_cryopose`), infer and evaluate cryopose with the same data and grid."""
-    train = train_cryopose(data.train, work, max_minutes)
+    train = train_cryopose(data.train, work, max_minutes, net_size=net_size)
     model = work / "model"
     load_before = loadavg()
     times = {}
@@ -596,6 +600,9 @@ def main() -> None:
     parser.add_argument("--rerun-peer", action="store_true", help="ignore the cryoPARES cache")
     parser.add_argument("--peer-only", action="store_true", help="measure cryoPARES only")
     parser.add_argument("--structure", type=Path, default=DEFAULT_STRUCTURE, help="C1 model")
+    parser.add_argument(
+        "--net-size", type=int, default=NET_SIZE, help="cryopose's network input size (px)"
+    )
     args = parser.parse_args()
     if not args.peer_only:
         require_cryopose_commands()  # fail before the peer's long training, not after
@@ -604,17 +611,20 @@ def main() -> None:
     print_peer(peer)
     if args.peer_only:
         return
-    work = cache_dir() / f"cryopose_pose_{args.max_minutes:g}min"
+    size_tag = "" if args.net_size == NET_SIZE else f"_net{args.net_size}"
+    work = cache_dir() / f"cryopose_pose_{args.max_minutes:g}min{size_tag}"
     work.mkdir(parents=True, exist_ok=True)
-    ours = cryopose_side(data, args.max_minutes, work)
+    ours = cryopose_side(data, args.max_minutes, work, args.net_size)
     print(f"cryopose: {json.dumps(ours)}", file=sys.stderr)
     command = f"python benchmarks/bench_pose.py --max-minutes {args.max_minutes:g}"
+    if args.net_size != NET_SIZE:
+        command += f" --net-size {args.net_size}"
     n = f"{N_TRAIN:,} train / {N_TEST} test particles, {BOX} px, order {GRID_ORDER}"
     pi, ti = peer["infer"]["particles_per_s"], ours["infer"]["particles_per_s"]
     emit(
         Row(
             "pose estimation",
-            f"network inference speed, cryopose input 32 px, {n}",
+            f"network inference speed, cryopose input {args.net_size} px, {n}",
             f"{ti:.0f} particles/s",
             f"cryoPARES {pi:.0f} particles/s",
             ti / pi,
@@ -638,7 +648,7 @@ def main() -> None:
     emit(
         Row(
             "pose estimation",
-            f"training speed (pre-training + fine-tuning), cryopose input 32 px, {n}",
+            f"training speed (pre-training + fine-tuning), cryopose input {args.net_size} px, {n}",
             f"{tt:.0f} images/s",
             f"cryoPARES {pt:.0f} images/s",
             tt / pt,
@@ -647,12 +657,15 @@ def main() -> None:
         args.write,
     )
     pe, te = peer["error"]["median_deg"], ours["error"]["median_deg"]
+    pixel_deg = math.degrees(math.sqrt(4 * math.pi / (12 * 4**GRID_ORDER)))
     emit(
         Row(
             "pose estimation",
             f"median error after {args.max_minutes:g} min "
-            f"(cryopose: map + pre-training + fine-tuning), {n}",
-            f"{te:.1f} deg",
+            f"(cryopose: map + pre-training + fine-tuning, input {args.net_size} px), {n}",
+            f"{te:.1f} deg ({100 * ours['error']['within_10_deg']:.0f}% within 10 deg; order "
+            f"{GRID_ORDER} grid: HEALPix pixel {pixel_deg:.1f} deg, covering radius "
+            f"{grid_resolution_deg(GRID_ORDER):.1f} deg)",
             f"cryoPARES {pe:.1f} deg",
             pe / te,
             command,
