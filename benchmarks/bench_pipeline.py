@@ -451,11 +451,14 @@ def _write_files(table: ParticleTable, folder: Path, per_file: int, started: lis
             started.append(time.perf_counter())
 
 
-def stream_throughput(data: Data, work: Path, sizes: Sizes, junk_fraction: float) -> dict[str, Any]:
+def stream_throughput(
+    data: Data, work: Path, sizes: Sizes, junk_fraction: float, threads: int = 1
+) -> dict[str, Any]:
     """Follow a folder that a writer thread fills with the new experiment while the stream runs.
 
     Particles/min: particles processed / (last file processed - first file written); the
-    stream's own busy-time figure is reported too.
+    stream's own busy-time figure is reported too. ``threads``: torch CPU threads meanwhile
+    (a stream next to a microscope has the machine to itself).
     """
     watch, out = work / "stream_in", work / "stream_out"
     for folder in (watch, out):
@@ -472,9 +475,14 @@ def stream_throughput(data: Data, work: Path, sizes: Sizes, junk_fraction: float
         update_every=len(table) // 2, poll_seconds=0.2, settle_seconds=0.5, max_idle_seconds=8.0
     )
     load_before = loadavg()
-    writer.start()
-    status = stream_folder(watch, out, timed, config, echo=None)
-    writer.join()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        writer.start()
+        status = stream_folder(watch, out, timed, config, echo=None)
+        writer.join()
+    finally:
+        torch.set_num_threads(before)
     wall = timed.last_done - started[0]
     return {
         "n_seen": status.n_seen,
@@ -484,6 +492,7 @@ def stream_throughput(data: Data, work: Path, sizes: Sizes, junk_fraction: float
         "particles_per_min": 60.0 * status.n_seen / wall,
         "busy_particles_per_min": status.particles_per_minute,
         "fsc_0143_angst": status.resolution_143,
+        "threads": threads,
         "load": f"{load_before} -> {loadavg()}",
     }
 
@@ -584,8 +593,9 @@ def main() -> None:
     print(f"cryopose train: {json.dumps(train)}", file=sys.stderr)
     ours = cryopose_pipeline(data, work, JUNK_FRACTION)
     print(f"cryopose pipeline: {json.dumps(ours)}", file=sys.stderr)
-    stream = stream_throughput(data, work, sizes, JUNK_FRACTION)
-    print(f"cryopose stream: {json.dumps(stream)}", file=sys.stderr)
+    streams = [stream_throughput(data, work, sizes, JUNK_FRACTION, threads) for threads in (1, 2)]
+    for stream in streams:
+        print(f"cryopose stream: {json.dumps(stream)}", file=sys.stderr)
     peer = None if args.quick else cryopares_pipeline(data, sizes, args.rerun_peer)
     if peer is not None:
         print(f"cryoPARES pipeline: {json.dumps(peer)}", file=sys.stderr)
@@ -599,7 +609,7 @@ def main() -> None:
     if relion is not None:
         print(f"RELION auto-refine: {json.dumps(relion)}", file=sys.stderr)
     write = args.write and not args.quick
-    for row in rows(sizes, train, ours, stream, peer, relion):
+    for row in rows(sizes, train, ours, streams, peer, relion):
         emit(row, write)
     print(machine(), file=sys.stderr)
 
@@ -616,7 +626,7 @@ def rows(
     sizes: Sizes,
     train: dict[str, Any],
     ours: dict[str, Any],
-    stream: dict[str, Any],
+    streams: list[dict[str, Any]],
     peer: dict[str, Any] | None,
     relion: dict[str, Any] | None,
 ) -> list[Row]:
@@ -686,18 +696,21 @@ def rows(
             command,
         )
     )
-    out.append(
-        Row(
-            "pose pipeline",
-            f"streaming particles/min, files of {sizes.stream_file} particles written while "
-            f"`stream_folder` runs (inference + pruning + refinement + half maps), {data}",
-            f"{stream['particles_per_min']:,.0f} particles/min (busy time "
-            f"{stream['busy_particles_per_min']:,.0f})",
-            f"microscope {MICROSCOPE_PER_MIN:,.0f} particles/min",
-            stream["particles_per_min"] / MICROSCOPE_PER_MIN,
-            command,
+    for stream in streams:
+        threads = stream["threads"]
+        out.append(
+            Row(
+                "pose pipeline",
+                f"streaming particles/min, files of {sizes.stream_file} particles written while "
+                f"`stream_folder` runs (inference + pruning + refinement + half maps), {data}, "
+                f"{threads} thread{'s' if threads > 1 else ''}",
+                f"{stream['particles_per_min']:,.0f} particles/min (busy time "
+                f"{stream['busy_particles_per_min']:,.0f})",
+                f"microscope {MICROSCOPE_PER_MIN:,.0f} particles/min",
+                stream["particles_per_min"] / MICROSCOPE_PER_MIN,
+                command,
+            )
         )
-    )
     return out
 
 
