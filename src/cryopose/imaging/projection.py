@@ -115,17 +115,12 @@ class Projector:
         wr = p // 2 + 1
         # Only x >= 0 is stored: use Friedel symmetry F(-k) = conj F(k) for the other half.
         sign = torch.where(q[..., :1] < 0, -1.0, 1.0).to(q.dtype)
-        c = q * (sign * p)
         # grid_sample (align_corners=True) maps -1..1 to the first..last index of each axis,
-        # and takes (x, y, z) = (last, middle, first) axis coordinates.
-        grid = torch.stack(
-            [
-                c[..., 0] * (2.0 / (wr - 1)) - 1.0,
-                (c[..., 1] + p // 2) * (2.0 / p) - 1.0,
-                (c[..., 2] + p // 2) * (2.0 / p) - 1.0,
-            ],
-            dim=-1,
-        )
+        # and takes (x, y, z) = (last, middle, first) axis coordinates: index i of an axis of
+        # n samples is 2 i / (n - 1) - 1, with i = p * kx (x, from 0) or p * k + p // 2 (y, z).
+        scale = q.new_tensor([2.0 * p / (wr - 1), 2.0, 2.0])
+        offset = q.new_tensor([-1.0, 2.0 * (p // 2) / p - 1.0, 2.0 * (p // 2) / p - 1.0])
+        grid = torch.addcmul(offset, q, sign * scale)
         out = F.grid_sample(
             self._grid_input,
             grid.reshape(1, 1, 1, -1, 3),
