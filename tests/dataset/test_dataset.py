@@ -228,3 +228,28 @@ def test_bad_inputs_fail_early(data_dir: Path, tmp_path: Path) -> None:
     assert ds.symmetry_matrices.shape == (4, 3, 3)
     with pytest.raises(IndexError):
         ds[5]
+
+
+def test_preprocessed_batch_equals_the_items(data_dir: Path) -> None:
+    """Real particles (CTF phase flip, Fourier crop, Gaussian channels): the batch path used by
+    inference gives each item's image and row."""
+    config = PreprocessConfig(
+        angpix=4 * ANGPIX_REAL,
+        image_size=48,
+        ctf_correction="concat_phase_flip",
+        gaussian_sigmas_px=(0.0, 1.0),
+        particle_radius_angst=150.0,
+    )
+    ds = ParticlesDataset(data_dir / "particles" / "relion31.star", data_dir, preprocess=config)
+    assert len(ds) >= 3
+    positions = [len(ds) - 1, 0, 1]
+    images, rows = ds.preprocessed_batch(positions)
+    assert images.shape == (3, 4, 48, 48) and images.dtype == torch.float32
+    for j, i in enumerate(positions):
+        item = ds[i]
+        assert int(rows[j]) == item.metadata["index"]
+        torch.testing.assert_close(images[j], item.image, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="without augmentation"):
+        ParticlesDataset(
+            data_dir / "particles" / "relion31.star", data_dir, augment=Augmenter(AugmentConfig())
+        ).preprocessed_batch([0])

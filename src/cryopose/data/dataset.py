@@ -307,6 +307,47 @@ class ParticlesDataset(Dataset[ParticleItem]):
             metadata=self._metadata(row, angpix),
         )
 
+    def preprocessed_batch(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images of several items, preprocessed together (for inference: no augmentation).
+
+        The same images as ``self[i].image`` for ``i`` in ``positions`` (preprocessing works
+        on each image alone), at a fraction of the cost: one Fourier resize, normalisation
+        and CTF for the batch instead of one per particle.
+
+        Parameters
+        ----------
+        positions
+            Item positions (``0 <= i < len(self)``).
+
+        Returns
+        -------
+        images, rows
+            ``(B, C, S, S)`` float32 images and ``(B,)`` int64 rows of :attr:`table`.
+
+        Raises
+        ------
+        ValueError
+            On a dataset with augmentation (items are then drawn one by one).
+        """
+        if self.augmenter is not None:
+            raise ValueError("preprocessed_batch is for datasets without augmentation")
+        pos = np.asarray(positions, dtype=np.int64)
+        rows = self.indices[pos]
+        raw = torch.stack([self.raw_image(int(i)) for i in pos])
+        if self.preprocess_config is None:
+            return raw[:, None].to(torch.float32).contiguous(), torch.from_numpy(rows)
+        angpix = self._angpix[rows]
+        parts: dict[int, torch.Tensor] = {}
+        # One call per pixel size (preprocessing takes one pixel size per batch).
+        for value in np.unique(angpix):
+            group = np.flatnonzero(angpix == value)
+            ctf = None if self._ctf is None else {k: v[rows[group]] for k, v in self._ctf.items()}
+            images, _ = run_preprocess(raw[group], ctf, float(value), self.preprocess_config)
+            for j, image in zip(group.tolist(), images, strict=True):
+                parts[j] = image
+        out = torch.stack([parts[j] for j in range(len(pos))])
+        return out.to(torch.float32).contiguous(), torch.from_numpy(rows)
+
     def _metadata(self, row: int, angpix: float) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "index": row,

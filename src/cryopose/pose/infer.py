@@ -36,7 +36,7 @@ Example usage::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -292,6 +292,23 @@ class _Outputs:
         self.top_k_probabilities = torch.full((n, top_k), torch.nan, dtype=f64)
 
 
+def _batches(
+    dataset: ParticlesDataset, batch_size: int, num_workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images (B, C, S, S), rows (B,))`` of the dataset in order.
+
+    In this process, each batch is read and preprocessed at once
+    (:meth:`ParticlesDataset.preprocessed_batch`); with workers, by a ``DataLoader``.
+    """
+    if num_workers == 0:
+        for start in range(0, len(dataset), batch_size):
+            yield dataset.preprocessed_batch(range(start, min(start + batch_size, len(dataset))))
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    for batch in loader:
+        yield batch.image, batch.metadata["index"]
+
+
 @torch.inference_mode()
 def _run(
     net: Image2Sphere,
@@ -307,10 +324,8 @@ def _run(
     """Predict every particle of ``dataset`` with ``net`` into ``out``."""
     order = spec.network.output_order
     k = max(top_k, _SCORE_K)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    for batch in loader:
-        rows = batch.metadata["index"]
-        logits = net(batch.image.to(device))
+    for images, rows in _batches(dataset, batch_size, num_workers):
+        logits = net(images.to(device))
         pred = poses_from_logits(logits, order, k, spec.symmetry)
         out.top1[rows] = pred.rotation.cpu()
         out.averaged[rows] = pred.averaged_rotation.cpu()
