@@ -16,7 +16,7 @@ from cryopose.errors import InputError
 from cryopose.geometry import euler_to_matrix, grid_size, random_rotations
 from cryopose.geometry.healpix import so3_healpix_grid
 from cryopose.io.mrc import read_map
-from cryopose.io.particles import read_particles
+from cryopose.io.particles import ParticleTable, read_particles
 from cryopose.models import (
     Image2Sphere,
     Image2SphereConfig,
@@ -33,6 +33,11 @@ ANGLES = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
 CONFIG = Image2SphereConfig(image_size=16, encoder_width=4, sphere_features=4, s2_features=4,
                             lmax=3, output_order=2, activation_order=1)  # fmt: skip
 PRE = PreprocessConfig(mask=True)
+
+
+def _images(table: ParticleTable) -> list[tuple[Path, int]]:
+    """Where every particle's image is (resolved stack path, index)."""
+    return [(path.resolve(), index) for path, index in table.image_locations()]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,8 @@ def test_equals_network_and_halves_are_swapped(star: Path, model: Path, tmp_path
     )
     source = read_particles(star).particles
     assert set(source.columns) <= set(back.particles.columns)
-    assert back.particles["rlnImageName"].tolist() == source["rlnImageName"].tolist()
+    # Image names resolve from the output's folder: the same images as the input's.
+    assert _images(back) == _images(read_particles(star))
     np.testing.assert_array_equal(back.particles["rlnOriginXAngst"], source["rlnOriginXAngst"])
     assert "cryoposeDirectionalZScore" not in back.particles.columns  # no statistics yet
     # The top-k cells as refinement candidates: most probable first, the model's grid order.
@@ -179,7 +185,8 @@ def test_relion_reads_the_output(star: Path, model: Path, tmp_path: Path, relion
     )
     source = read_particles(star).particles
     assert set(source.columns) <= set(back.particles.columns)
-    assert back.particles["rlnImageName"].tolist() == source["rlnImageName"].tolist()
+    # Image names resolve from the output's folder: the same images as the input's.
+    assert _images(back) == _images(read_particles(star))
     # RELION keeps the candidate columns as they were.
     candidates = table_candidates(back)
     assert candidates is not None and torch.equal(candidates.indices, result.top_k_indices)

@@ -65,7 +65,8 @@ def write_predictions(
         Extra per-particle columns, label -> ``(N,)`` numbers (e.g.
         ``{"rlnMaxValueProbDistribution": probs}``); an existing column is replaced.
     path
-        Destination star file.
+        Destination star file; relative image names are rewritten to resolve from its
+        folder (:meth:`~cryopose.io.particles.ParticleTable.relocated`).
 
     Raises
     ------
@@ -88,7 +89,9 @@ def write_predictions(
         column = _score_column(label, values, n)
         out.particles[label] = column
     out.blocks[out.particles_block] = out.particles
-    write_particles(out, path)
+    # Image names resolve from the new star file's folder (stacks that cannot be found keep
+    # their names).
+    write_particles(out.relocated(path, strict=False), path)
 
 
 def _score_column(

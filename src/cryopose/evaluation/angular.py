@@ -111,9 +111,15 @@ def _table(source: str | Path | ParticleTable) -> ParticleTable:
 
 
 def _names(table: ParticleTable) -> list[str] | None:
+    """Image of every particle: its stack's resolved path and index when the stacks can be
+    found (star files in different folders name the same image differently), else the
+    ``rlnImageName`` as written; ``None`` without that column."""
     if "rlnImageName" not in table.particles.columns:
         return None
-    return table.particles["rlnImageName"].astype(str).tolist()
+    try:
+        return [f"{index + 1:06d}@{path.resolve()}" for path, index in table.image_locations()]
+    except InputError:
+        return table.particles["rlnImageName"].astype(str).tolist()
 
 
 def _match(true: ParticleTable, pred: ParticleTable) -> np.ndarray:

@@ -396,29 +396,58 @@ class ParticleTable:
             out.append((resolved, index))
         return out
 
-    def relocated(self, star: str | Path) -> ParticleTable:
+    def relocated(self, star: str | Path, strict: bool = True) -> ParticleTable:
         """Return a copy to be written as ``star``, image names rewritten to resolve there.
 
         Image names are relative to the folder of the star file that holds them (RELION's
         convention), so a table written elsewhere than it was read would lose its images:
-        each name becomes the stack's path relative to ``star``'s folder (the same index).
+        each relative name becomes the stack's path relative to ``star``'s folder (the same
+        index). Absolute names, and a table written to its own folder, are left as they are.
+
+        Parameters
+        ----------
+        star
+            Where the copy will be written.
+        strict
+            Raise for a stack that cannot be found; otherwise keep its names unchanged.
 
         Raises
         ------
         InputError
-            A stack that cannot be found (as :meth:`image_locations`).
+            With ``strict``, a stack that cannot be found (as :meth:`image_locations`).
         """
         target = Path(star).resolve()
         base = target.parent
-        names = [
-            f"{index + 1:06d}@{os.path.relpath(path.resolve(), base)}"
-            for path, index in self.image_locations()
-        ]
+        moved = replace(self, path=target, particles_dir=None)
+        if "rlnImageName" not in self.particles.columns or (
+            self.path is not None and self.path.resolve().parent == base
+        ):
+            return moved
+        star_dir = self.path.parent if self.path is not None else Path.cwd()
+        names: list[str] = []
+        renamed: dict[str, str] = {}
+        for i, name in enumerate(self.particles["rlnImageName"].astype(str).tolist()):
+            where = self._where(i, "rlnImageName")
+            index, stack = parse_image_name(name, self.path, where)
+            if stack not in renamed:
+                if Path(stack).is_absolute():
+                    renamed[stack] = stack
+                else:
+                    try:
+                        found = resolve_image_path(
+                            stack, star_dir, self.particles_dir, star_path=self.path, where=where
+                        )
+                        renamed[stack] = os.path.relpath(found.resolve(), base)
+                    except InputError:
+                        if strict:
+                            raise
+                        renamed[stack] = stack
+            names.append(f"{index + 1:06d}@{renamed[stack]}")
         particles = self.particles.copy()
         particles["rlnImageName"] = names
         blocks = dict(self.blocks)
         blocks[self.particles_block] = particles
-        return replace(self, particles=particles, blocks=blocks, path=target, particles_dir=None)
+        return replace(moved, particles=particles, blocks=blocks)
 
     def random_subset(self) -> npt.NDArray[np.int64]:
         """Gold-standard half set of every particle (``rlnRandomSubset``, 1 or 2).

@@ -727,5 +727,6 @@ def prune_star(
         _, junk_z = _scores_of(Path(junk_star), model_dir, device, batch_size, score_column)
         t = threshold_from_junk(z, junk_z)
     keep = z >= t
-    write_particles(table.subset(keep), out_star)
+    # Image names resolve from the output's folder (unfound stacks keep their names).
+    write_particles(table.subset(keep).relocated(out_star, strict=False), out_star)
     return PruneResult(t, len(table), int(keep.sum()), Path(out_star))
