@@ -596,7 +596,11 @@ def main() -> None:
     streams = [stream_throughput(data, work, sizes, JUNK_FRACTION, threads) for threads in (1, 2)]
     for stream in streams:
         print(f"cryopose stream: {json.dumps(stream)}", file=sys.stderr)
-    peer = None if args.quick else cryopares_pipeline(data, sizes, args.rerun_peer)
+    peer = (
+        None
+        if args.quick
+        else cryopares_pipeline(data, sizes, args.rerun_peer, args.remeasure_peer)
+    )
     if peer is not None:
         print(f"cryoPARES pipeline: {json.dumps(peer)}", file=sys.stderr)
     relion: dict[str, Any] | None = None
