@@ -111,9 +111,11 @@ def _table(source: str | Path | ParticleTable) -> ParticleTable:
 
 
 def _names(table: ParticleTable) -> list[str] | None:
-    """Image of every particle: its stack's resolved path and index when the stacks can be
-    found (star files in different folders name the same image differently), else the
-    ``rlnImageName`` as written; ``None`` without that column."""
+    """Return the image of every particle, ``None`` without ``rlnImageName``.
+
+    The stack's resolved path and index when the stacks can be found (star files in
+    different folders name the same image differently), else the name as written.
+    """
     if "rlnImageName" not in table.particles.columns:
         return None
     try:

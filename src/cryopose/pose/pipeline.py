@@ -225,11 +225,14 @@ class PosePipeline:
         """Return the kept particles of ``table`` with predicted (and refined) poses."""
         cfg = self.config
         start = time.perf_counter()
+        # The network's top-k cells are the refinement's candidates: ask for enough of them.
+        top_k = max(10, cfg.refine.candidates if cfg.refine is not None else 0)
         inference = infer_poses(
             table,
             self.model_dir,
             device=cfg.device,
             batch_size=cfg.batch_size,
+            top_k=top_k,
             progress=self.progress,
         )
         inferred = inference.table
