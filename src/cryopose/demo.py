@@ -336,8 +336,13 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- 4. pose pipeline
     _say("4/6 inferring poses of the ligand-bound particles with the apo network")
+    n_candidates = RefineConfig().candidates
     inferred = infer_poses(
-        picked, model_dir, out / "ligand" / "ligand_network.star", progress=False
+        picked,
+        model_dir,
+        out / "ligand" / "ligand_network.star",
+        top_k=n_candidates,
+        progress=False,
     )
     lap("infer")
     true_rot = lig_truth.rotations(torch.float64)
@@ -345,7 +350,8 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
 
     _say(
         f"5/6 refining all {len(picked)} particles against apo_map.mrc (from the best of the "
-        "network's pose and its top-10), pruning by cryoposeRefineZScore, reconstructing"
+        f"network's pose and its top-{n_candidates}), pruning by cryoposeRefineZScore, "
+        "reconstructing"
     )
     refine_cfg = RefineConfig(
         range_deg=_REFINE_COARSE[0],
