@@ -73,6 +73,33 @@ def test_lr_halves_on_plateau_and_early_stopping_stops(clean_star: Path, tmp_pat
     assert result.halves[0].stopped_early
 
 
+def test_finetuning_starts_at_the_rate_pretraining_ended_with(
+    clean_star: Path, tmp_path: Path
+) -> None:
+    # As above, a rate too small to change predictions: every pre-training epoch after the
+    # first is a plateau and halves it (the log holds the rate after each epoch's step: 1e-6,
+    # 5e-7, 2.5e-7). Fine-tuning must go on at 2.5e-7 (and halve again on its own plateaus),
+    # not restart at 1e-6.
+    config = dataclasses.replace(
+        QUIET, learning_rate=1e-6, min_lr=0.0, lr_patience=0, max_epochs=2, threads=1,
+        pretrain_epochs=3, pretrain_particles=32,
+    )  # fmt: skip
+    model = tmp_path / "m"
+    train_pose_model(
+        clean_star, model, TINY, PRE, config=config, progress=False,
+        pretrain_map=clean_star.parent / "ground_truth.mrc",
+    )  # fmt: skip
+    rows = _log(model)
+    lrs = {
+        stage: [float(r["lr"]) for r in rows if r["stage"] == stage]
+        for stage in ("pretrain", "half0")
+    }
+    assert lrs["pretrain"] == pytest.approx([1e-6, 5e-7, 2.5e-7], rel=1e-9)
+    assert lrs["half0"] == pytest.approx([2.5e-7, 1.25e-7], rel=1e-9)
+    extra = load_pose_model(model)[0].extra
+    assert extra["finetune_learning_rate"] == pytest.approx(2.5e-7, rel=1e-9)
+
+
 def test_resume_continues_from_last_checkpoint(clean_star: Path, tmp_path: Path) -> None:
     config = dataclasses.replace(QUIET, augment=True, learning_rate=1e-2)
     straight = train_pose_model(

@@ -32,7 +32,8 @@ class TrainConfig:
         Initial RAdam learning rate. 3e-3, not the usual 1e-3: RAdam's rectification damps the
         first ~2,000 steps, and a CPU budget is a few thousand steps. Measured on the demo's
         32 px data (map pre-training, 4 epochs of 4,096 images): validation median 26 deg at
-        3e-3, 105 deg at 1e-3.
+        3e-3, 105 deg at 1e-3. After pre-training, fine-tuning starts at the rate pre-training
+        ended with (its plateau halvings kept; saved as ``finetune_learning_rate``).
     weight_decay
         RAdam weight decay.
     max_epochs

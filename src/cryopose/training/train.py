@@ -487,6 +487,15 @@ def _fit_stage(
     return module, result, trainer
 
 
+def _current_learning_rate(trainer: L.Trainer, default: float) -> float:
+    """Return the learning rate a finished stage's optimiser would use next.
+
+    That is the rate after the stage's plateau halvings; ``default`` when it ran no optimiser.
+    """
+    optimisers = trainer.optimizers
+    return float(optimisers[0].param_groups[0]["lr"]) if optimisers else default
+
+
 def _best_network(module: PoseModule) -> Image2Sphere:
     """Return the module's network with its best weights (the last ones if none were validated)."""
     net = module.net.cpu()
@@ -653,6 +662,7 @@ def _train_pose_model(
     is_zero = True
 
     pretrain_snr: float | None = None
+    finetune_lr = cfg.learning_rate
     if pretrain_map is not None and cfg.pretrain_epochs > 0:
         split, pretrain_snr = _pretraining_split(
             table, Path(pretrain_map), preprocess, symmetry, cfg
@@ -671,13 +681,18 @@ def _train_pose_model(
         rows += [{"stage": "pretrain", **h} for h in module.history]
         initial = {k: v.clone() for k, v in _best_network(module).state_dict().items()}
         is_zero = trainer.is_global_zero
+        # Fine-tuning goes on from where the plateau schedule of pre-training got to: the
+        # initial rate would first undo part of what pre-training learned (measured: the
+        # validation median rose from 7.4 to 8.4 deg in the first fine-tuning epochs at 3e-3).
+        finetune_lr = _current_learning_rate(trainer, cfg.learning_rate)
 
+    half_cfg = dataclasses.replace(cfg, learning_rate=finetune_lr)
     nets: dict[int, Image2Sphere] = {}
     for half in cfg.halves:
         stage = f"half{half}"
         split = _split(table, preprocess, cfg, half, symmetry, cfg.seed + half)
         module, results[half], trainer = _fit_stage(
-            stage, split, network, symmetry, cfg, cfg.max_epochs,
+            stage, split, network, symmetry, half_cfg, cfg.max_epochs,
             folder / "checkpoints" / stage, log_path, rows, initial, progress,
             cfg.seed + 1000 * half, cfg.max_minutes,
         )  # fmt: skip
@@ -696,6 +711,7 @@ def _train_pose_model(
             "train": cfg.to_dict(),
             "pretrain_map": None if pretrain_map is None else str(pretrain_map),
             "pretrain_snr": pretrain_snr,
+            "finetune_learning_rate": finetune_lr,
             "results": {str(h): r.summary() for h, r in results.items()},
             "pretrain": None if pretrain is None else pretrain.summary(),
         }
