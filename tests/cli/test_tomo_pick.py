@@ -65,6 +65,21 @@ def test_resume_continues_from_the_checkpoint(trained: tuple[Path, Path]) -> Non
     assert [h["epoch"] for h in history] == list(range(1, 11))
 
 
+def test_train_passes_the_sampling_and_loss_options(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    tomo, _ = trained
+    model = tmp_path / "model"
+    args = ["tomo", "train", str(tomo), "-o", str(model), "--epochs", "1"]
+    args += ["--steps-per-epoch", "1", "--batch-size", "1", "--patch", "32", "--width", "4"]
+    args += ["--depth", "2", "--val-fraction", "0", "--fg-weight", "2.5", "--class-power", "0"]
+    args += ["--p-particle", "0.6", "--mirror"]
+    assert main(args) == 0
+    train = json.loads((model / "config.json").read_text())["train"]
+    assert (train["fg_weight"], train["class_power"]) == (2.5, 0.0)
+    assert (train["p_particle"], train["mirror"]) == (0.6, True)
+
+
 def test_pick_rejects_a_missing_model(trained: tuple[Path, Path], tmp_path: Path) -> None:
     tomo, _ = trained
     code = main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(tmp_path),

@@ -149,6 +149,20 @@ def train(
     val_fraction: Annotated[
         float, typer.Option(help="Fraction of each tomogram's y range held out (0: none).")
     ] = 0.15,
+    p_particle: Annotated[
+        float, typer.Option(help="Probability that a patch is centred on a particle.")
+    ] = 0.8,
+    class_power: Annotated[
+        float,
+        typer.Option(
+            help="Particle patches draw class c with weight voxels_c ** -power "
+            "(0: uniform; 0.5: small proteins more often)."
+        ),
+    ] = 0.5,
+    fg_weight: Annotated[
+        float, typer.Option(help="Weight of the binary foreground Dice (localisation) in the loss.")
+    ] = 1.0,
+    mirror: Annotated[bool, typer.Option(help="Also augment with hand-changing flips.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
@@ -170,6 +184,10 @@ def train(
         lr=lr,
         erode=erode,
         val_fraction=val_fraction,
+        p_particle=p_particle,
+        class_power=class_power,
+        fg_weight=fg_weight,
+        mirror=mirror,
         seed=seed,
     )
     folder = train_picker(
