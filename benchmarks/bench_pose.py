@@ -37,7 +37,8 @@ measurement (the machine is shared, so training speeds are noisy).
 ``--concurrent`` trains both tools at the same time, one core each, for long budgets on a free
 2-core machine (the full run: ``--max-minutes 60 --concurrent``).
 
-Example usage: python benchmarks/bench_pose.py --max-minutes 10 [--peer-only] [--rerun-peer] [--concurrent]
+Example usage:
+    python benchmarks/bench_pose.py --max-minutes 10 [--peer-only] [--rerun-peer] [--concurrent]
 """
 
 from __future__ import annotations
