@@ -29,7 +29,8 @@ def test_train_cli_with_pretraining(
         ["train", str(star), "-o", str(model), "--image-size", "16", "--max-epochs", "1",
          "--output-order", "1", "--lmax", "2", "--encoder-width", "4", "--batch-size", "8",
          "--device", "cpu", "--pretrain-map", str(tmp_path / "sim" / "ground_truth.mrc"),
-         "--pretrain-particles", "24", "--pretrain-epochs", "1", "--symmetry", "C1"]
+         "--pretrain-particles", "24", "--pretrain-epochs", "1", "--symmetry", "C1",
+         "--patience", "0", "--lr-patience", "2"]
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -48,8 +49,11 @@ def test_train_cli_with_pretraining(
     # Particles are simulated on the fly (nothing written); the SNR is measured on the data,
     # which was simulated at SNR 1 from the same map.
     assert not (model / "pretrain_data").exists()
-    snr = json.loads((model / "config.json").read_text())["extra"]["pretrain_snr"]
-    assert 0.5 < snr < 1.5
+    extra = json.loads((model / "config.json").read_text())["extra"]
+    assert 0.5 < extra["pretrain_snr"] < 1.5
+    # --patience 0: no early stopping (the whole budget is used); --lr-patience is kept.
+    assert extra["train"]["early_stopping_patience"] is None
+    assert extra["train"]["lr_patience"] == 2
     assert (model / "checkpoints" / "half1" / "last.ckpt").is_file()
     assert torch.load(model / "half1.pt", weights_only=True)
 
@@ -73,3 +77,13 @@ def test_train_cli_rejects_particles_without_poses(
     assert code != 0
     assert "poses" in err and "no_poses.star" in err
     assert not (tmp_path / "m" / "config.json").exists()
+
+
+def test_train_cli_rejects_a_negative_patience(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    star = tmp_path / "particles.star"  # never read: the options are checked first
+    code = main(["train", str(star), "-o", str(tmp_path / "m"), "--patience", "-2"])
+    _, err = capsys.readouterr()
+    assert code != 0
+    assert "early_stopping_patience" in err and "-2" in err

@@ -63,6 +63,16 @@ def train(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Particles per step and process.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Initial RAdam learning rate.")] = 3e-3,
+    lr_patience: Annotated[
+        int, typer.Option(help="Epochs without a better validation median before halving.")
+    ] = 5,
+    patience: Annotated[
+        int,
+        typer.Option(
+            help="Epochs without a better validation median before stopping (0: never; "
+            "the budget is then used up and the best epoch kept)."
+        ),
+    ] = 15,
     epoch_size: Annotated[
         int | None, typer.Option(help="Particles per epoch (default: all).")
     ] = None,
@@ -101,24 +111,12 @@ def train(
     from cryopose.models.image2sphere import Image2SphereConfig
     from cryopose.training import TrainConfig, default_preprocess, train_pose_model
 
-    table = read_particles(star)
-    if not table.has_poses:
-        # Before estimating the mask from the images: fail on the real problem first.
-        raise InputError(
-            star, "expected particles with poses (rlnAngleRot, rlnAngleTilt, rlnAnglePsi)"
-        )
-    preprocess = default_preprocess(table, image_size, angpix, particle_diameter, ctf_correction)
-    network = Image2SphereConfig(
-        in_channels=len(channel_names(preprocess)),
-        image_size=image_size,
-        encoder_width=encoder_width,
-        lmax=lmax,
-        activation_order=activation_order,
-        output_order=output_order,
-    )
+    # Options first: a bad one fails before the particles are read.
     config = TrainConfig(
         batch_size=batch_size,
         learning_rate=learning_rate,
+        lr_patience=lr_patience,
+        early_stopping_patience=None if patience == 0 else patience,
         max_epochs=max_epochs,
         epoch_size=epoch_size,
         max_minutes=max_minutes,
@@ -136,6 +134,21 @@ def train(
         pretrain_epochs=pretrain_epochs,
         pretrain_minutes=pretrain_minutes,
         pretrain_snr=pretrain_snr,
+    )
+    table = read_particles(star)
+    if not table.has_poses:
+        # Before estimating the mask from the images: fail on the real problem first.
+        raise InputError(
+            star, "expected particles with poses (rlnAngleRot, rlnAngleTilt, rlnAnglePsi)"
+        )
+    preprocess = default_preprocess(table, image_size, angpix, particle_diameter, ctf_correction)
+    network = Image2SphereConfig(
+        in_channels=len(channel_names(preprocess)),
+        image_size=image_size,
+        encoder_width=encoder_width,
+        lmax=lmax,
+        activation_order=activation_order,
+        output_order=output_order,
     )
     result = train_pose_model(
         table, output, network, preprocess, symmetry, config, pretrain_map, progress=True

@@ -169,6 +169,8 @@ class TrainConfig:
             raise bad("pretrain_snr_start_factor", "expected a factor >= 1")
         if not 0.0 < self.pretrain_ramp <= 1.0:
             raise bad("pretrain_ramp", "expected a fraction in (0, 1]")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise bad("early_stopping_patience", "expected None or a number of epochs >= 1")
         if self.gradient_clip is not None and not self.gradient_clip > 0:
             raise bad("gradient_clip", "expected a positive gradient norm")
         if self.threads is not None and self.threads < 1:
