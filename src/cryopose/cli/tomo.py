@@ -80,6 +80,46 @@ def evaluate(
         typer.echo(format_tables(result))
 
 
+@tomo_app.command("detectability")
+def detectability(
+    folder: Annotated[Path, typer.Argument(help="SHREC tomogram folder (simulated).")],
+    threshold: Annotated[
+        float, typer.Option(help="z-score counted as detectable (about 4 in a SHREC volume).")
+    ] = 4.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """How detectable the particles are: z-scores of an oracle template matcher.
+
+    The oracle knows each particle's exact density, orientation and position (from the
+    grandmodel and the occupancy mask), so its score bounds what any picker correlating with
+    the particle's density can reach. Prints the median z-score and the fraction at or above
+    --threshold per class and per SHREC size group.
+
+    Example: cryopose tomo detectability tomo0 --json
+    """
+    from cryopose.tomo.detectability import detectability_summary, oracle_zscores_folder
+
+    particles = oracle_zscores_folder(folder, progress=True)
+    summary = detectability_summary(particles, threshold)
+    if as_json:
+        payload = {
+            "threshold": threshold,
+            "summary": summary,
+            "particles": [
+                {"index": p.index, "class": p.class_id, "zscore": p.zscore} for p in particles
+            ],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    typer.echo(f"oracle matched-filter z-scores ({len(particles)} particles of {folder})")
+    typer.echo(f"{'class':<8} {'n':>4} {'median z':>9} {'z >= ' + format(threshold, 'g'):>9}")
+    for name, row in summary.items():
+        typer.echo(
+            f"{name:<8} {int(row['n']):>4} {row['median_z']:>9.2f} "
+            f"{row['fraction_detectable']:>9.2f}"
+        )
+
+
 @tomo_app.command("match")
 def match(
     tomogram: Annotated[Path, typer.Argument(help="Tomogram (MRC), protein bright.")],
