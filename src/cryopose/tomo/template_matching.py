@@ -38,7 +38,10 @@ symmetric template only the asymmetric unit is searched (:func:`asymmetric_unit`
 Coarse to fine
 --------------
 1. **Coarse**: the tomogram and the templates are binned by ``bin_factor`` (Fourier
-   cropping) and low-passed to a resolution matched to the coarse grid
+   cropping; default 1, none: at 1 nm voxels binning by 2 leaves proteins under 200 kDa a few
+   voxels across, and on a 256 x 256 x 100 benchmark at SNR 0.2 it lost a third of the
+   particles the unbinned scan finds, TM-F F1 0.71 vs 0.78, for a quarter of the time) and
+   low-passed to a resolution matched to the coarse grid
    (``coarse_lowpass`` x covering radius x diameter: finer detail only decorrelates at a
    pose that far off), and every position is scored over a coarse grid (``coarse_order``,
    default 1: 576 rotations, covering radius 31 degrees, divided by the symmetry order).
@@ -171,7 +174,7 @@ class MatchConfig:
     """
 
     ctf: CtfParams = field(default_factory=CtfParams)
-    bin_factor: int = 2
+    bin_factor: int = 1
     coarse_order: int = 1
     n_candidates: int | None = None
     whiten: bool = True
@@ -179,7 +182,7 @@ class MatchConfig:
     use_symmetry: bool = True
     batch_size: int = 8
     refine: bool = True
-    refine_min_score: float = 3.0
+    refine_min_score: float = 2.0
     n_starts: int = 3
     coarse_lowpass: float | None = 0.5
     n_null: int = 100
