@@ -470,6 +470,7 @@ def train_cryopose(
     max_minutes: float,
     net_size: int = NET_SIZE,
     half_sets: bool = False,
+    lr_schedule: str = "plateau",
 ) -> dict[str, Any]:
     """Map from the training particles, then pre-training on it and fine-tuning, in the budget.
 
@@ -499,7 +500,7 @@ def train_cryopose(
     cmd += ["--pretrain-epochs", "1000", "--max-minutes", f"{finetune:.3f}"]
     # No early stopping: the whole budget is used and the best validation epoch kept (with
     # patience 15 a 60-min run stopped after 39 min, while the learning rate was still falling).
-    cmd += ["--patience", "0"]
+    cmd += ["--patience", "0", "--lr-schedule", lr_schedule]
     train_run = run_logged(cmd, work / "train.log", ONE_THREAD)
     config = json.loads((model / "config.json").read_text())
     speed = train_log_speed(model)
@@ -517,10 +518,16 @@ def train_cryopose(
 
 
 def cryopose_side(
-    data: Dataset, max_minutes: float, work: Path, net_size: int = NET_SIZE
+    data: Dataset,
+    max_minutes: float,
+    work: Path,
+    net_size: int = NET_SIZE,
+    lr_schedule: str = "plateau",
 ) -> dict[str, Any]:
     """Train (:func:`train_cryopose`), infer and evaluate cryopose with the same data and grid."""
-    train = train_cryopose(data.train, work, max_minutes, net_size=net_size)
+    train = train_cryopose(
+        data.train, work, max_minutes, net_size=net_size, lr_schedule=lr_schedule
+    )
     model = work / "model"
     load_before = loadavg()
     times = {}
@@ -615,6 +622,12 @@ def main() -> None:
         "--net-size", type=int, default=NET_SIZE, help="cryopose's network input size (px)"
     )
     parser.add_argument(
+        "--lr-schedule",
+        choices=("plateau", "cosine"),
+        default="plateau",
+        help="cryopose's learning-rate schedule (cryopose train --lr-schedule)",
+    )
+    parser.add_argument(
         "--concurrent",
         action="store_true",
         help="train both tools at the same time, one core each (halves the wall time of a "
@@ -625,6 +638,7 @@ def main() -> None:
         require_cryopose_commands()  # fail before the peer's long training, not after
     data = dataset(args.structure.resolve())
     size_tag = "" if args.net_size == NET_SIZE else f"_net{args.net_size}"
+    size_tag += "" if args.lr_schedule == "plateau" else f"_{args.lr_schedule}"
     work = cache_dir() / f"cryopose_pose_{args.max_minutes:g}min{size_tag}"
     work.mkdir(parents=True, exist_ok=True)
     if args.concurrent and not args.peer_only:
@@ -632,7 +646,9 @@ def main() -> None:
         # the subprocesses release the GIL, so Python threads are enough to drive both.
         with ThreadPoolExecutor(max_workers=2) as pool:
             peer_job = pool.submit(cryopares_side, data, args.max_minutes, args.rerun_peer)
-            ours_job = pool.submit(cryopose_side, data, args.max_minutes, work, args.net_size)
+            ours_job = pool.submit(
+                cryopose_side, data, args.max_minutes, work, args.net_size, args.lr_schedule
+            )
             peer, ours = peer_job.result(), ours_job.result()
         print_peer(peer)
     else:
@@ -640,11 +656,13 @@ def main() -> None:
         print_peer(peer)
         if args.peer_only:
             return
-        ours = cryopose_side(data, args.max_minutes, work, args.net_size)
+        ours = cryopose_side(data, args.max_minutes, work, args.net_size, args.lr_schedule)
     print(f"cryopose: {json.dumps(ours)}", file=sys.stderr)
     command = f"python benchmarks/bench_pose.py --max-minutes {args.max_minutes:g}"
     if args.net_size != NET_SIZE:
         command += f" --net-size {args.net_size}"
+    if args.lr_schedule != "plateau":
+        command += f" --lr-schedule {args.lr_schedule}"
     if args.concurrent:
         command += " --concurrent"
     n = f"{N_TRAIN:,} train / {N_TEST} test particles, {BOX} px, order {GRID_ORDER}"

@@ -30,7 +30,7 @@ def test_train_cli_with_pretraining(
          "--output-order", "1", "--lmax", "2", "--encoder-width", "4", "--batch-size", "8",
          "--device", "cpu", "--pretrain-map", str(tmp_path / "sim" / "ground_truth.mrc"),
          "--pretrain-particles", "24", "--pretrain-epochs", "1", "--symmetry", "C1",
-         "--patience", "0", "--lr-patience", "2"]
+         "--patience", "0", "--lr-patience", "2", "--lr-schedule", "cosine"]
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -54,6 +54,7 @@ def test_train_cli_with_pretraining(
     # --patience 0: no early stopping (the whole budget is used); --lr-patience is kept.
     assert extra["train"]["early_stopping_patience"] is None
     assert extra["train"]["lr_patience"] == 2
+    assert extra["train"]["lr_schedule"] == "cosine"
     assert (model / "checkpoints" / "half1" / "last.ckpt").is_file()
     assert torch.load(model / "half1.pt", weights_only=True)
 
@@ -87,3 +88,13 @@ def test_train_cli_rejects_a_negative_patience(
     _, err = capsys.readouterr()
     assert code != 0
     assert "early_stopping_patience" in err and "-2" in err
+
+
+def test_train_cli_rejects_an_unknown_lr_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    star = tmp_path / "particles.star"  # never read: the options are checked first
+    code = main(["train", str(star), "-o", str(tmp_path / "m"), "--lr-schedule", "step"])
+    _, err = capsys.readouterr()
+    assert code != 0
+    assert "lr_schedule" in err and "cosine" in err

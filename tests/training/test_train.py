@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cryopose.data import PreprocessConfig
+from cryopose.errors import InputError
 from cryopose.geometry.distance import angular_error
 from cryopose.geometry.healpix import nearest_grid_index, so3_healpix_grid
 from cryopose.io.particles import read_particles
@@ -159,3 +160,37 @@ def test_half_sets_train_on_their_own_half_only(ctf_star: Path, tmp_path: Path) 
         for a, b in zip(nets[1].state_dict().values(), nets[2].state_dict().values(), strict=True)
     )
     assert differ
+
+
+def test_cosine_schedule_follows_the_stage_progress(clean_star: Path, tmp_path: Path) -> None:
+    # Pre-training: 32 simulated particles per epoch, batches of 16 -> 2 steps per epoch, 4 in
+    # all. The log holds the rate of each epoch's last step, whose progress is steps done
+    # before it over all steps: 1/4 and 3/4. Fine-tuning restarts at finetune_lr_factor x the
+    # rate: 48 training particles (64 x 0.75) -> 3 steps per epoch, last steps at 2/6 and 5/6.
+    lr, floor = 1e-3, 1e-5
+    config = dataclasses.replace(
+        QUIET, learning_rate=lr, min_lr=floor, lr_schedule="cosine", finetune_lr_factor=0.1,
+        max_epochs=2, threads=1, pretrain_epochs=2, pretrain_particles=32,
+    )  # fmt: skip
+    model = tmp_path / "m"
+    train_pose_model(
+        clean_star, model, TINY, PRE, config=config, progress=False,
+        pretrain_map=clean_star.parent / "ground_truth.mrc",
+    )  # fmt: skip
+    rows = _log(model)
+
+    def cosine(start: float, p: float) -> float:  # the half-cosine written out
+        return floor + (start - floor) * (1 + np.cos(np.pi * p)) / 2
+
+    pre = [float(r["lr"]) for r in rows if r["stage"] == "pretrain"]
+    fine = [float(r["lr"]) for r in rows if r["stage"] == "half0"]
+    assert pre == pytest.approx([cosine(lr, 0.25), cosine(lr, 0.75)], rel=1e-6)
+    assert fine == pytest.approx([cosine(0.1 * lr, 2 / 6), cosine(0.1 * lr, 5 / 6)], rel=1e-6)
+    assert load_pose_model(model)[0].extra["finetune_learning_rate"] == pytest.approx(1e-4)
+
+
+def test_unknown_lr_schedule_is_rejected() -> None:
+    with pytest.raises(InputError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(InputError, match="finetune_lr_factor"):
+        TrainConfig(finetune_lr_factor=0.0)

@@ -66,6 +66,13 @@ def train(
     lr_patience: Annotated[
         int, typer.Option(help="Epochs without a better validation median before halving.")
     ] = 5,
+    lr_schedule: Annotated[
+        str,
+        typer.Option(
+            help="plateau (halve after --lr-patience epochs without progress) or cosine "
+            "(half-cosine decay over each stage's budget; fine-tuning restarts at 0.1x)."
+        ),
+    ] = "plateau",
     patience: Annotated[
         int,
         typer.Option(
@@ -116,6 +123,7 @@ def train(
         batch_size=batch_size,
         learning_rate=learning_rate,
         lr_patience=lr_patience,
+        lr_schedule=lr_schedule,
         early_stopping_patience=None if patience == 0 else patience,
         max_epochs=max_epochs,
         epoch_size=epoch_size,

@@ -15,9 +15,10 @@ from typing import Any
 from cryopose.data.augment import AugmentConfig
 from cryopose.errors import InputError
 
-__all__ = ["DEVICES", "TrainConfig"]
+__all__ = ["DEVICES", "LR_SCHEDULES", "TrainConfig"]
 
 DEVICES = ("cpu", "cuda", "auto")
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,16 @@ class TrainConfig:
         Factor of the learning rate on a plateau.
     min_lr
         The learning rate never goes below this.
+    lr_schedule
+        ``"plateau"``: the rate falls by :attr:`lr_factor` after :attr:`lr_patience` epochs
+        without a better validation median. ``"cosine"``: it falls from the initial rate to
+        :attr:`min_lr` along half a cosine over the stage's budget. Progress is the larger of
+        steps done over ``max_epochs`` x steps per epoch and time used over the stage's
+        ``max_minutes``, so a time budget ends at the low rate. That suits fresh simulated data
+        and noisy validation, where plateau halvings come early and by chance.
+    finetune_lr_factor
+        With ``"cosine"``, fine-tuning after pre-training starts at this fraction of
+        :attr:`learning_rate` (the plateau schedule instead goes on from pre-training's last rate).
     early_stopping_patience
         Epochs without a better validation median error before training stops; ``None``
         for never.
@@ -119,6 +130,8 @@ class TrainConfig:
     lr_patience: int = 5
     lr_factor: float = 0.5
     min_lr: float = 1e-6
+    lr_schedule: str = "plateau"
+    finetune_lr_factor: float = 0.1
     early_stopping_patience: int | None = 15
     validation_fraction: float = 0.1
     validate_on_train: bool = False
@@ -153,6 +166,10 @@ class TrainConfig:
             raise bad("learning_rate", "expected a positive learning rate")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise bad("label_smoothing", "expected a value in [0, 1)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr_schedule", f"expected one of {list(LR_SCHEDULES)}")
+        if not 0.0 < self.finetune_lr_factor <= 1.0:
+            raise bad("finetune_lr_factor", "expected a factor in (0, 1]")
         if not 0.0 < self.lr_factor < 1.0:
             raise bad("lr_factor", "expected a factor in (0, 1)")
         if not 0.0 < self.validation_fraction < 1.0:

@@ -7,7 +7,9 @@ Validation predicts the most probable cell and measures its angular error to the
 modulo the point group (degrees); the median of these errors drives the learning-rate
 schedule (ReduceLROnPlateau, stepped here right after validation so that the checkpoint
 written at the end of the epoch holds the stepped schedule), early stopping and the choice of
-the best weights. The best weights, the schedule and the per-epoch history travel in the
+the best weights. With ``lr_schedule="cosine"`` the rate instead follows
+:func:`cosine_learning_rate` of the stage's progress, set before every step.
+The best weights, the schedule and the per-epoch history travel in the
 Lightning checkpoint (``checkpoint["cryopose"]``), so a resumed run continues all of them.
 
 >>> from cryopose.models import Image2SphereConfig
@@ -26,6 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from cryopose.data.dataset import ParticleBatch
@@ -37,7 +40,7 @@ from cryopose.models.labels import rotation_label_indices
 from cryopose.training.config import TrainConfig
 from cryopose.training.losses import weighted_pose_loss
 
-__all__ = ["PoseModule", "ValidationOutputs", "validation_outputs"]
+__all__ = ["PoseModule", "ValidationOutputs", "cosine_learning_rate", "validation_outputs"]
 
 # Cells summed in the ``top10_score`` pruning statistic.
 TOP_SCORE_CELLS = 10
@@ -51,6 +54,16 @@ class ValidationOutputs(dict[str, torch.Tensor]):
     ``(n,)`` sum of the 10 largest probabilities, ``angular_error_deg`` ``(n,)`` top-1 error
     modulo the point group, ``rows`` ``(n,)`` int64 rows of the particle table.
     """
+
+
+def cosine_learning_rate(initial: float, final: float, progress: float) -> float:
+    """Half-cosine decay: ``initial`` at progress 0, ``final`` at progress >= 1.
+
+    >>> cosine_learning_rate(1.0, 0.0, 0.5)
+    0.5
+    """
+    p = min(max(progress, 0.0), 1.0)
+    return final + (initial - final) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 def _top_predictions(
@@ -201,6 +214,37 @@ class PoseModule(L.LightningModule):
             self.plateau.load_state_dict(self._plateau_state)
         return optimiser
 
+    def stage_progress(self) -> float:
+        """Fraction of the stage's budget used: steps over ``max_epochs``, time over ``max_time``.
+
+        The larger of the two, in ``[0, 1]`` (Lightning's ``Timer`` keeps the time over resumed
+        runs).
+        """
+        trainer = self.trainer
+        steps_per_epoch = trainer.num_training_batches
+        progress = 0.0
+        epochs = trainer.max_epochs
+        if epochs and epochs > 0 and math.isfinite(steps_per_epoch) and steps_per_epoch > 0:
+            progress = trainer.global_step / (epochs * steps_per_epoch)
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, Timer):
+                remaining = callback.time_remaining("train")
+                if remaining is not None:
+                    used = callback.time_elapsed("train")
+                    progress = max(progress, used / max(used + remaining, 1e-9))
+        return min(max(progress, 0.0), 1.0)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Set the cosine schedule's rate for this step (``lr_schedule="cosine"``)."""
+        if self.config.lr_schedule != "cosine":
+            return
+        lr = cosine_learning_rate(
+            self.config.learning_rate, self.config.min_lr, self.stage_progress()
+        )
+        for optimiser in self.trainer.optimizers:
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, M)`` of ``(B, C, N, N)`` images."""
         out: torch.Tensor = self.net(images)
@@ -256,7 +300,7 @@ class PoseModule(L.LightningModule):
         median = float(errors.median()) if errors.numel() else math.inf
         mean = float(errors.mean()) if errors.numel() else math.inf
         self.log("val_median_deg", median, sync_dist=False)
-        if self.plateau is not None:
+        if self.plateau is not None and self.config.lr_schedule == "plateau":
             self.plateau.step(median)
         if median < self.best_median_deg:
             self.best_median_deg, self.best_mean_deg = median, mean

@@ -685,6 +685,8 @@ def _train_pose_model(
         # initial rate would first undo part of what pre-training learned (measured: the
         # validation median rose from 7.4 to 8.4 deg in the first fine-tuning epochs at 3e-3).
         finetune_lr = _current_learning_rate(trainer, cfg.learning_rate)
+        if cfg.lr_schedule == "cosine":  # pre-training ended at min_lr: restart lower
+            finetune_lr = cfg.finetune_lr_factor * cfg.learning_rate
 
     half_cfg = dataclasses.replace(cfg, learning_rate=finetune_lr)
     nets: dict[int, Image2Sphere] = {}
