@@ -15,6 +15,10 @@ hours x ``--threads`` (default one torch thread; the machine's two cores are sha
 work). The ratio is cryopose's
 localisation F1 over UMC's.
 
+``--classifier-minutes M`` then trains the crop classifier of :mod:`cryopose.tomo.classifier`
+on the same tomograms for M minutes (counted in the compute) and lets it name the picks; the
+tables of the U-Net's own classes are printed too.
+
 After training, :func:`cryopose.tomo.picker.calibrate_picker` chooses the post-processing
 (smoothed-foreground peaks or connected components) and its score threshold on the training
 tomograms; ``--reuse-model`` skips the training, re-calibrates and picks again (training time
@@ -43,6 +47,7 @@ from cryopose.evaluation.shrec import evaluate_picks, format_tables, load_truth
 from cryopose.io.mrc import read_map
 from cryopose.models.unet3d import UNet3DConfig
 from cryopose.simulate.tomogram import simulate_tomogram
+from cryopose.tomo.classifier import classify_picks, load_crop_classifier
 from cryopose.tomo.peaks import filter_picks
 from cryopose.tomo.picker import (
     TrainConfig,
@@ -50,7 +55,9 @@ from cryopose.tomo.picker import (
     load_picker,
     pick_tomogram,
     train_picker,
+    train_picker_classifier,
 )
+from cryopose.tomo.segmentation import normalise
 from cryopose.tomo.template_matching import MatchConfig, match_tomogram
 from cryopose.tomo.templates import load_templates
 
@@ -70,6 +77,12 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=3, help="U-Net levels")
     parser.add_argument("--patch", type=int, default=48, help="patch edge")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--classifier-minutes",
+        type=float,
+        default=0.0,
+        help="then train the crop classifier that names the picks (0: the U-Net names them)",
+    )
     parser.add_argument("--no-tm", action="store_true", help="skip template matching")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (core-h basis)")
     parser.add_argument(
@@ -118,13 +131,19 @@ def main() -> None:
             config,
             max_minutes=args.max_minutes,
         )
+    if args.classifier_minutes > 0:  # a fresh classifier, also after --reuse-model
+        train_picker_classifier(train_dirs, model_dir, max_minutes=args.classifier_minutes)
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
     spec, net = load_picker(model_dir)
+    classifier = load_crop_classifier(model_dir) if args.classifier_minutes > 0 else None
     tomo, angpix = read_map(test_dir / "reconstruction.mrc")
     truth = load_truth(test_dir)
     wall0 = time.perf_counter()
     picks = pick_tomogram(tomo, spec, net)
+    unet_only = evaluate_picks(picks, truth)
+    if classifier is not None:
+        picks = classify_picks(normalise(tomo), picks, *classifier)
     pick_wall = time.perf_counter() - wall0
     unet = evaluate_picks(picks, truth)
     last = spec.history[-1] if spec.history else {}
@@ -137,7 +156,12 @@ def main() -> None:
     print(
         f"peak threshold {spec.threshold:.4f}; on the training tomograms {dict(spec.calibration)}"
     )
-    print(f"--- U-Net\n{format_tables(unet)}")
+    if classifier is not None:
+        print(f"--- U-Net classes (no classifier)\n{format_tables(unet_only)}")
+        print(f"--- U-Net + crop classifier ({args.classifier_minutes:g} min)")
+    else:
+        print("--- U-Net")
+    print(format_tables(unet))
     unet_core_h = (train_wall + pick_wall) / 3600.0 * args.threads
     print(
         f"U-Net compute: training {train_wall:.0f} s wall ({train_cpu:.0f} s CPU), picking "
@@ -158,6 +182,15 @@ def main() -> None:
         tm_text = f"TM-F F1 {tm_f.f1:.3f} ({tm_core_h:.3f} core-h)"
     print(_summary("U-Net", unet))
     small = unet.size_group_f1.get("small", float("nan"))
+    defaults = {"width": 8, "depth": 3, "patch": 48, "lr": 3e-3, "epochs": 200}
+    options = "".join(
+        f" --{k} {getattr(args, k):g}" for k, v in defaults.items() if getattr(args, k) != v
+    )
+    trained = f"train {args.n_train} tomos, {args.max_minutes:g} min"
+    if args.classifier_minutes > 0:
+        options += f" --classifier-minutes {args.classifier_minutes:g}"
+        trained += f" + crop classifier {args.classifier_minutes:g} min"
+        trained += f"; U-Net classes alone: small F1 {unet_only.size_group_f1['small']:.3f}"
     z, y, x = tomo.shape
     emit(
         Row(
@@ -165,13 +198,13 @@ def main() -> None:
             name=f"U-Net picking, SNR {args.snr}, {x}x{y}x{z}",
             cryopose=(
                 f"F1 {unet.f1:.3f}, small F1 {small:.3f}; {unet_core_h:.3f} core-h "
-                f"(train {args.n_train} tomos, {args.max_minutes:g} min); same tomo {tm_text}"
+                f"({trained}); same tomo {tm_text}"
             ),
             peer=f"SHREC 2020 UMC: F1 {UMC_F1}, small F1 {UMC_SMALL_F1} (SHREC's data, GPU)",
             ratio=unet.f1 / UMC_F1,
             command=(
                 f"python benchmarks/bench_unet_picking.py --size {args.size} --snr {args.snr} "
-                f"--n-train {args.n_train} --max-minutes {args.max_minutes:g}"
+                f"--n-train {args.n_train} --max-minutes {args.max_minutes:g}{options}"
             ),
         ),
         args.write,

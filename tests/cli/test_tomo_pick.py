@@ -11,9 +11,12 @@ import torch
 import cryopose.cli.tomo  # noqa: F401  (registers the tomo commands)
 from cryopose.cli.main import main
 from cryopose.evaluation.shrec import evaluate_picks, load_truth
+from cryopose.io.mrc import read_map
 from cryopose.io.picks import read_picks
 from cryopose.simulate.tomogram import simulate_tomogram
-from cryopose.tomo.picker import load_picker
+from cryopose.tomo.classifier import classify_picks, load_crop_classifier
+from cryopose.tomo.picker import load_picker, pick_tomogram
+from cryopose.tomo.segmentation import normalise
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +88,38 @@ def test_pick_rejects_a_missing_model(trained: tuple[Path, Path], tmp_path: Path
     code = main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(tmp_path),
                  "-o", str(tmp_path / "p.txt")])  # fmt: skip
     assert code != 0
+
+
+def test_classifier_minutes_adds_a_classifier_that_names_the_picks(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    tomo, _ = trained
+    model = tmp_path / "model"
+    args = ["tomo", "train", str(tomo), "-o", str(model), "--epochs", "1"]
+    args += ["--steps-per-epoch", "1", "--batch-size", "1", "--patch", "32", "--width", "4"]
+    args += ["--depth", "2", "--val-fraction", "0", "--classifier-minutes", "0.05"]
+    assert main(args) == 0
+    loaded = load_crop_classifier(model)
+    assert loaded is not None and loaded[1] == list(load_picker(model)[0].class_names)
+    assert json.loads((model / "classifier.json").read_text())["history"]
+    # tomo pick names its picks with the classifier: the U-Net's picks, renamed.
+    out = tmp_path / "picks.txt"
+    volume = read_map(tomo / "reconstruction.mrc")[0]
+    assert main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(model),
+                 "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
+    spec, net = load_picker(model)
+    unet = pick_tomogram(volume, spec, net, 32)
+    renamed = classify_picks(normalise(volume), unet, *loaded)
+    picked = read_picks(out)
+    assert list(picked.class_ids) == list(renamed.class_ids)
+    assert picked.coords == pytest.approx(unet.coords)
+
+
+def test_train_rejects_negative_classifier_minutes(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, _ = trained
+    code = main(["tomo", "train", str(tomo), "-o", str(tmp_path / "m"),
+                 "--classifier-minutes", "-1"])  # fmt: skip
+    assert code != 0 and "classifier minutes" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

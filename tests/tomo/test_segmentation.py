@@ -135,6 +135,9 @@ def test_model_folder_round_trip_weights_only(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x))
     assert loaded_spec.min_voxels() == {1: 25, 2: 200}
+    (tmp_path / "model.pt").write_bytes(b"truncated")  # torch.load: IndexError, not InputError
+    with pytest.raises(InputError, match=r"model\.pt.*unreadable"):
+        load_picker(tmp_path)
     (tmp_path / "config.json").write_text('{"format": 1}')
     with pytest.raises(InputError, match=r"config\.json"):
         load_picker(tmp_path)

@@ -207,11 +207,20 @@ def train(
     mirror: Annotated[bool, typer.Option(help="Also augment with hand-changing flips.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+    classifier_minutes: Annotated[
+        float,
+        typer.Option(
+            help="Then train a crop classifier that names the picks for this many minutes "
+            "(0: the U-Net names them)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Train a 3D U-Net picker (13-class segmentation) on simulated tomograms.
 
     Writes MODEL_DIR/config.json, MODEL_DIR/model.pt (weights only) and
-    MODEL_DIR/checkpoints/last.ckpt; an existing checkpoint is resumed.
+    MODEL_DIR/checkpoints/last.ckpt; an existing checkpoint is resumed. With
+    --classifier-minutes also MODEL_DIR/classifier.json and classifier.pt, which
+    cryopose tomo pick then uses to name the picks.
 
     Example: cryopose tomo train tomo0 tomo1 -o unet --epochs 30 --max-minutes 60
     """
@@ -239,8 +248,10 @@ def train(
         train=config,
         max_minutes=max_minutes,
         device=device,
+        classifier_minutes=classifier_minutes or None,
     )
-    typer.echo(f"wrote {folder}: config.json, model.pt")
+    extra = ", classifier.json, classifier.pt" if classifier_minutes else ""
+    typer.echo(f"wrote {folder}: config.json, model.pt{extra}")
 
 
 @tomo_app.command("pick")

@@ -15,6 +15,8 @@ Model folder
                               "history": [...]}
     model.pt                 U-Net state dict, tensors only: torch.load(weights_only=True)
     checkpoints/last.ckpt    Lightning checkpoint of the last epoch (to resume training)
+    classifier.json/.pt      optional crop classifier that names the picks
+                             (:mod:`cryopose.tomo.classifier`, ``classifier_minutes``)
 
 ``class_voxels`` is the median target volume (voxels, after erosion) of each class over the
 training particles. Picking (``method`` ``"peaks"``, the default) takes the local maxima of the
@@ -56,6 +58,15 @@ from cryopose.io.mrc import read_map
 from cryopose.io.picks import Picks, write_picks
 from cryopose.models.unet3d import UNet3D, UNet3DConfig
 from cryopose.simulate.tomogram import DEFAULT_CLASSES
+from cryopose.tomo.classifier import (
+    ClassifierTrainConfig,
+    CropClassifier,
+    CropClassifierConfig,
+    classify_picks,
+    load_crop_classifier,
+    save_crop_classifier,
+    train_crop_classifier,
+)
 from cryopose.tomo.clustering import cluster_segmentation, match_centres, peak_picks
 from cryopose.tomo.segmentation import (
     PatchDataset,
@@ -79,6 +90,7 @@ __all__ = [
     "pick_tomogram_file",
     "save_picker",
     "train_picker",
+    "train_picker_classifier",
 ]
 
 CONFIG_NAME = "config.json"
@@ -342,8 +354,10 @@ def load_picker(
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net = UNet3D(spec.network)
         net.load_state_dict(state)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise InputError(weights, f"weights do not fit {spec.network} ({exc})") from exc
+    except Exception as exc:  # torch.load raises many kinds on a damaged file
+        raise InputError(
+            weights, f"unreadable, or weights do not fit {spec.network} ({exc!r})"
+        ) from exc
     return spec, net.to(device).eval()
 
 
@@ -405,6 +419,7 @@ def train_picker(
     max_minutes: float | None = None,
     device: str = "cpu",
     progress: bool = True,
+    classifier_minutes: float | None = None,
 ) -> Path:
     """Train a U-Net picker on SHREC model folders and write the model folder.
 
@@ -427,6 +442,9 @@ def train_picker(
         ``cpu``, ``cuda``, ``cuda:1``, ...
     progress
         Log one line per epoch (and a progress bar in a terminal).
+    classifier_minutes
+        Then train the crop classifier of :mod:`cryopose.tomo.classifier` for this many
+        minutes (:func:`train_picker_classifier`); ``None`` or 0: no classifier.
 
     Returns
     -------
@@ -440,6 +458,8 @@ def train_picker(
     """
     if not folders:
         raise InputError(None, "expected at least one tomogram folder to train on")
+    if classifier_minutes is not None and not classifier_minutes >= 0:
+        raise InputError(None, f"classifier minutes must be >= 0, got {classifier_minutes}")
     folder = Path(model_dir)
     ckpt_dir = folder / "checkpoints"
     last = ckpt_dir / _LAST
@@ -511,6 +531,58 @@ def train_picker(
     spec = PickerSpec(net_cfg, names, voxels, train=tc, history=(*old_history, *log.history))
     save_picker(folder, spec, module.net)
     calibrate_picker(folder, tomograms, device=device)
+    if classifier_minutes:
+        train_picker_classifier(
+            tomograms, folder, max_minutes=classifier_minutes, progress=progress
+        )
+    return folder
+
+
+def train_picker_classifier(
+    folders: Sequence[str | Path] | Sequence[TomogramLabels],
+    model_dir: str | Path,
+    network: CropClassifierConfig | None = None,
+    train: ClassifierTrainConfig | None = None,
+    max_minutes: float | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the crop classifier of a picker model folder (:mod:`cryopose.tomo.classifier`).
+
+    Parameters
+    ----------
+    folders
+        Simulated tomogram folders, or tomograms already loaded with the model's classes.
+    model_dir
+        A folder written by :func:`train_picker`; ``classifier.json`` and ``classifier.pt``
+        are added (replaced).
+    network, train
+        Architecture (default ``CropClassifierConfig(len(class_names))``) and settings.
+    max_minutes
+        Wall-clock budget; ``None`` for the step limit alone.
+    progress
+        Log one line per accuracy measurement.
+
+    Returns
+    -------
+    Path
+        ``model_dir``.
+    """
+    folder = Path(model_dir)
+    spec = _read_spec(folder)
+    tomograms = [
+        f if isinstance(f, TomogramLabels) else load_tomogram_labels(f, spec.class_names)
+        for f in folders
+    ]
+    n = len(spec.class_names)
+    net_cfg = network or CropClassifierConfig(n)
+    cfg = train or ClassifierTrainConfig()
+
+    def log(line: str) -> None:
+        if progress:
+            print(line, file=sys.stderr, flush=True)
+
+    net, history = train_crop_classifier(tomograms, n, net_cfg, cfg, max_minutes, log)
+    save_crop_classifier(folder, net, spec.class_names, history, cfg)
     return folder
 
 
@@ -695,6 +767,7 @@ def pick_tomogram(
     overlap: int | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
+    classifier: tuple[CropClassifier, Sequence[str]] | None = None,
 ) -> Picks:
     """Segment a tomogram with the U-Net and cluster the foreground into picks.
 
@@ -710,6 +783,9 @@ def pick_tomogram(
         Where the network runs.
     progress
         Called with the number of tiles done after each batch.
+    classifier
+        A crop classifier and its class names (:func:`load_crop_classifier`): it names each
+        pick instead of the U-Net.
 
     Returns
     -------
@@ -718,9 +794,10 @@ def pick_tomogram(
         probability at the peak, or a component's mean foreground probability), most
         confident first.
     """
+    normalised = normalise(volume)
     prob = predict_tiled(
         net.to(device),
-        normalise(volume),
+        normalised,
         spec.network.n_classes,
         tile=tile or spec.tile,
         overlap=spec.overlap if overlap is None else overlap,
@@ -728,7 +805,10 @@ def pick_tomogram(
         device=device,
         advance=progress,
     )
-    return _picks_from_prob(prob, spec, spec.threshold)
+    picks = _picks_from_prob(prob, spec, spec.threshold)
+    if classifier is not None:
+        picks = classify_picks(normalised, picks, classifier[0], classifier[1], device)
+    return picks
 
 
 def pick_tomogram_file(
@@ -746,7 +826,8 @@ def pick_tomogram_file(
     tomogram
         ``.mrc`` tomogram.
     model_dir
-        Model folder from :func:`train_picker`.
+        Model folder from :func:`train_picker`; its crop classifier, when it has one, names
+        the picks.
     output
         SHREC text picks to write (``class x y z`` per line, most confident first).
     device
@@ -764,9 +845,12 @@ def pick_tomogram_file(
     from cryopose._progress import progress as progress_bar
 
     spec, net = load_picker(model_dir, device)
+    classifier = load_crop_classifier(model_dir, device)
     volume, _ = read_map(tomogram)
     total = n_tiles(volume.shape, tile or spec.tile, spec.overlap, net.divisor)
     with progress_bar("segmenting", total, progress, unit="tiles") as advance:
-        picks = pick_tomogram(volume, spec, net, tile, device=device, progress=advance)
+        picks = pick_tomogram(
+            volume, spec, net, tile, device=device, progress=advance, classifier=classifier
+        )
     write_picks(picks, output)
     return picks

@@ -1,0 +1,395 @@
+"""Second stage of the learned picker: classify each pick from a crop centred on it.
+
+The U-Net (:mod:`cryopose.tomo.picker`) finds particles well but names small ones badly: its
+class comes from per-voxel probabilities at the peak, learned from patches in which a small
+protein is a few hundred voxels among a hundred thousand. SHREC 2020's best learned method
+(UMC) also cascaded a localisation network with a classifier. Here a small 3D CNN sees a cube
+of ``crop`` voxels centred on a particle and returns logits over the protein classes.
+
+Training (:func:`train_crop_classifier`) uses the true centres of the training tomograms: each
+step draws a class-balanced batch of particles, shifts every crop centre by up to ``jitter``
+voxels per axis (picks are about 1.5 voxels off the true centre) and applies one of the
+wedge-keeping flips of :func:`cryopose.tomo.segmentation.augment_rotations`. A held-out share of
+the particles measures accuracy; the best weights are kept. Picking (:func:`classify_picks`)
+replaces the U-Net's class of every pick by the classifier's.
+
+Files, next to the U-Net's in a picker model folder::
+
+    classifier.json   {"format": 1, "network": {...}, "class_names": [...], "history": [...]}
+    classifier.pt     state dict, tensors only: torch.load(weights_only=True)
+
+>>> net = CropClassifier(CropClassifierConfig(n_classes=3, crop=16, width=4))
+>>> net(torch.zeros(2, 1, 16, 16, 16)).shape
+torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cryopose._atomic import atomic_path
+from cryopose.errors import InputError
+from cryopose.io.picks import Picks
+from cryopose.tomo.segmentation import TomogramLabels, augment_rotations
+
+__all__ = [
+    "CLASSIFIER_CONFIG",
+    "CLASSIFIER_WEIGHTS",
+    "ClassifierTrainConfig",
+    "CropClassifier",
+    "CropClassifierConfig",
+    "classify_picks",
+    "extract_crops",
+    "load_crop_classifier",
+    "save_crop_classifier",
+    "train_crop_classifier",
+]
+
+CLASSIFIER_CONFIG = "classifier.json"
+CLASSIFIER_WEIGHTS = "classifier.pt"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CropClassifierConfig:
+    """Architecture.
+
+    Attributes
+    ----------
+    n_classes
+        Protein classes (no background).
+    crop
+        Edge of the input cube in voxels (a multiple of 4).
+    width
+        Channels of the first block; each of the three blocks doubles them.
+    """
+
+    n_classes: int
+    crop: int = 24
+    width: int = 16
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 1 or self.width < 1:
+            raise InputError(None, f"n_classes and width must be >= 1, got {self}")
+        if self.crop < 8 or self.crop % 4:
+            raise InputError(None, f"crop must be a multiple of 4 and >= 8, got {self.crop}")
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm3d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm3d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CropClassifier(nn.Module):
+    """Three convolution blocks (two pooled), global average pooling, a linear layer."""
+
+    def __init__(self, config: CropClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.features = nn.Sequential(
+            _block(1, w),
+            nn.MaxPool3d(2),
+            _block(w, 2 * w),
+            nn.MaxPool3d(2),
+            _block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * w, config.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n_classes)`` of crops ``(B, 1, crop, crop, crop)``."""
+        out: torch.Tensor = self.head(self.features(x))
+        return out
+
+
+def extract_crops(volume: torch.Tensor, centres: torch.Tensor, edge: int) -> torch.Tensor:
+    """Cubes of ``edge`` voxels centred on integer centres, zero outside the volume.
+
+    Parameters
+    ----------
+    volume
+        ``(Z, Y, X)`` tomogram.
+    centres
+        ``(n, 3)`` integer centres ``(z, y, x)``; a cube spans ``c - edge // 2`` to
+        ``c - edge // 2 + edge - 1`` on each axis.
+    edge
+        Cube edge in voxels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, edge, edge, edge)`` crops, the dtype of ``volume``.
+    """
+    half = edge // 2
+    padded = F.pad(volume.unsqueeze(0), (edge,) * 6).squeeze(0)
+    c = centres.to(torch.int64).reshape(-1, 3) - half + edge
+    out = volume.new_zeros((c.shape[0], edge, edge, edge))
+    for i, (z, y, x) in enumerate(c.tolist()):
+        z, y, x = (min(max(v, 0), s - edge) for v, s in zip((z, y, x), padded.shape, strict=True))
+        out[i] = padded[z : z + edge, y : y + edge, x : x + edge]
+    return out
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    """Training settings of :func:`train_crop_classifier`.
+
+    Attributes
+    ----------
+    steps
+        Optimiser steps at most.
+    batch_size
+        Crops per step.
+    lr
+        Adam learning rate, falling along half a cosine to 1 % of it over ``steps`` or the
+        time budget, whichever runs out first.
+    weight_decay
+        Adam weight decay.
+    jitter
+        Largest shift of a crop centre per axis, voxels.
+    val_fraction
+        Share of the particles held out to measure accuracy.
+    eval_every
+        Steps between accuracy measurements.
+    seed
+        Seed of the split, the sampling and the initial weights.
+    """
+
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    jitter: int = 2
+    val_fraction: float = 0.15
+    eval_every: int = 100
+    seed: int = 0
+
+
+def _accuracy(net: CropClassifier, crops: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of crops ``(n, e, e, e)`` classified as ``labels`` ``(n,)``."""
+    if labels.numel() == 0:
+        return math.nan
+    net.eval()
+    with torch.no_grad():
+        pred = torch.cat([net(b.unsqueeze(1)).argmax(1) for b in torch.split(crops, 128)])
+    net.train()
+    return float((pred == labels).float().mean())
+
+
+def train_crop_classifier(
+    tomograms: Sequence[TomogramLabels],
+    n_classes: int,
+    network: CropClassifierConfig | None = None,
+    config: ClassifierTrainConfig | None = None,
+    max_minutes: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[CropClassifier, list[dict[str, float]]]:
+    """Train a :class:`CropClassifier` on the true particles of the training tomograms.
+
+    Parameters
+    ----------
+    tomograms
+        From :func:`cryopose.tomo.segmentation.load_tomogram_labels` (normalised volumes).
+    n_classes
+        Protein classes; a particle of model class ``k`` (``1..n_classes``) is label ``k - 1``.
+    network, config
+        Architecture (default ``CropClassifierConfig(n_classes)``) and training settings.
+    max_minutes
+        Wall-clock budget; ``None`` for none.
+    log
+        Called with one line per accuracy measurement.
+
+    Returns
+    -------
+    net, history
+        The network with the weights of the best held-out accuracy (``eval`` mode) and one
+        ``{"step", "train_loss", "val_accuracy", "elapsed_s"}`` row per measurement.
+    """
+    net_cfg = network or CropClassifierConfig(n_classes)
+    cfg = config or ClassifierTrainConfig()
+    if net_cfg.n_classes != n_classes:
+        raise InputError(None, f"network has {net_cfg.n_classes} classes, expected {n_classes}")
+    torch.manual_seed(cfg.seed)
+    big = net_cfg.crop + 2 * cfg.jitter
+    crops = torch.cat([extract_crops(t.volume, t.centres, big) for t in tomograms])
+    labels = torch.cat([t.classes for t in tomograms]).to(torch.int64) - 1
+    if labels.numel() < 2:
+        raise InputError(None, "expected at least 2 training particles for the classifier")
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(labels.numel(), generator=g)
+    n_val = min(max(1, round(cfg.val_fraction * labels.numel())), labels.numel() - 1)
+    val, train = order[:n_val], order[n_val:]
+    j, e = cfg.jitter, net_cfg.crop
+    val_crops = crops[val][:, j : j + e, j : j + e, j : j + e]
+    counts = torch.bincount(labels[train], minlength=n_classes).to(torch.float64)
+    weights = 1.0 / counts[labels[train]]
+    flips = augment_rotations()
+    net = CropClassifier(net_cfg)
+    optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = time.perf_counter()
+    history: list[dict[str, float]] = []
+    best, best_state, loss_sum, n_loss = -1.0, None, 0.0, 0
+    net.train()
+    budget = None if max_minutes is None else 60.0 * max_minutes
+    for step in range(1, cfg.steps + 1):
+        # Cosine decay over the budget: steps or time, whichever runs out first.
+        progress = (step - 1) / cfg.steps
+        if budget is not None:
+            progress = max(progress, (time.perf_counter() - start) / budget)
+        for group in optimiser.param_groups:
+            group["lr"] = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1))))
+        pick = train[torch.multinomial(weights, cfg.batch_size, True, generator=g)]
+        shifts = torch.randint(0, 2 * j + 1, (pick.numel(), 3), generator=g).tolist()
+        batch = torch.stack(
+            [
+                crops[i, a : a + e, b : b + e, c : c + e]
+                for i, (a, b, c) in zip(pick.tolist(), shifts, strict=True)
+            ]
+        )
+        for k in range(batch.shape[0]):
+            dims = flips[int(torch.randint(len(flips), (1,), generator=g))]
+            if dims:
+                batch[k] = batch[k].flip(list(dims))
+        loss = F.cross_entropy(net(batch.unsqueeze(1)), labels[pick])
+        optimiser.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimiser.step()
+        loss_sum, n_loss = loss_sum + float(loss.detach()), n_loss + 1
+        elapsed = time.perf_counter() - start
+        out_of_time = budget is not None and elapsed > budget
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            acc = _accuracy(net, val_crops, labels[val])
+            row = {"step": float(step), "train_loss": loss_sum / n_loss, "val_accuracy": acc}
+            history.append({**row, "elapsed_s": elapsed})
+            if log is not None:
+                log(f"classifier step {step}: loss {row['train_loss']:.4f}, "
+                    f"held-out accuracy {acc:.3f} ({elapsed:.0f} s)")  # fmt: skip
+            if acc > best:
+                best = acc
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            loss_sum, n_loss = 0.0, 0
+        if out_of_time:
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return net.eval(), history
+
+
+def classify_picks(
+    volume: torch.Tensor,
+    picks: Picks,
+    net: CropClassifier,
+    class_names: Sequence[str],
+    device: str | torch.device = "cpu",
+    batch_size: int = 128,
+) -> Picks:
+    """Replace each pick's class by the classifier's.
+
+    Parameters
+    ----------
+    volume
+        ``(Z, Y, X)`` tomogram normalised as in training
+        (:func:`cryopose.tomo.segmentation.normalise`).
+    picks
+        Centres ``(x, y, z)`` in voxels.
+    net
+        Trained :class:`CropClassifier`.
+    class_names
+        Name of each output of the classifier.
+    device, batch_size
+        Where and how many crops at a time.
+
+    Returns
+    -------
+    Picks
+        The same centres and scores, with the classifier's classes.
+    """
+    if len(class_names) != net.config.n_classes:
+        raise ValueError(f"{len(class_names)} class names for {net.config.n_classes} outputs")
+    if len(picks) == 0:
+        return picks
+    centres = torch.as_tensor(np.round(picks.coords[:, ::-1]).astype(np.int64))
+    crops = extract_crops(volume.to(torch.float32), centres, net.config.crop)
+    net = net.to(device).eval()
+    with torch.no_grad():
+        pred = torch.cat(
+            [net(b.unsqueeze(1).to(device)).argmax(1).cpu() for b in torch.split(crops, batch_size)]
+        )
+    names = np.asarray(class_names)[pred.numpy()]
+    return Picks(names, picks.coords, angles=picks.angles, scores=picks.scores)
+
+
+def save_crop_classifier(
+    model_dir: str | Path,
+    net: CropClassifier,
+    class_names: Sequence[str],
+    history: Sequence[dict[str, float]] = (),
+    train: ClassifierTrainConfig | None = None,
+) -> None:
+    """Write ``classifier.json`` and the weights-only ``classifier.pt`` atomically."""
+    folder = Path(model_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    with atomic_path(folder / CLASSIFIER_WEIGHTS) as tmp:
+        torch.save(state, tmp)
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "network": asdict(net.config),
+        "class_names": list(class_names),
+        "train": None if train is None else asdict(train),
+        "history": list(history),
+    }
+    with atomic_path(folder / CLASSIFIER_CONFIG) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def load_crop_classifier(
+    model_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[CropClassifier, list[str]] | None:
+    """Load a model folder's classifier and its class names; ``None`` when it has none.
+
+    Raises
+    ------
+    InputError
+        ``classifier.json`` present but malformed, or weights missing or not fitting it.
+    """
+    folder = Path(model_dir)
+    path = folder / CLASSIFIER_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        config = CropClassifierConfig(**data["network"])
+        names = [str(n) for n in data["class_names"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"expected a crop-classifier description ({exc})") from exc
+    weights = folder / CLASSIFIER_WEIGHTS
+    if not weights.is_file():
+        raise InputError(weights, "missing; expected the weights of the crop classifier")
+    try:
+        net = CropClassifier(config)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as exc:  # torch.load raises many kinds on a damaged file
+        raise InputError(weights, f"unreadable, or weights do not fit {config} ({exc!r})") from exc
+    if len(names) != config.n_classes:
+        raise InputError(path, f"{len(names)} class names for {config.n_classes} classes")
+    return net.to(device).eval(), names

@@ -1,0 +1,100 @@
+"""Crop classifier of picks: crops, training on two separable shapes, files, reclassification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryopose.errors import InputError
+from cryopose.io.picks import Picks
+from cryopose.tomo.classifier import (
+    CLASSIFIER_CONFIG,
+    ClassifierTrainConfig,
+    CropClassifier,
+    CropClassifierConfig,
+    classify_picks,
+    extract_crops,
+    load_crop_classifier,
+    save_crop_classifier,
+    train_crop_classifier,
+)
+from cryopose.tomo.segmentation import TomogramLabels
+
+
+def test_extract_crops_matches_slicing_and_pads_with_zeros() -> None:
+    vol = torch.arange(20 * 21 * 22, dtype=torch.float32).reshape(20, 21, 22)
+    centres = torch.tensor([[10, 10, 11], [0, 0, 0]])
+    crops = extract_crops(vol, centres, 6)
+    assert crops.shape == (2, 6, 6, 6)
+    # Centre c spans c - 3 .. c + 2 on each axis.
+    assert torch.equal(crops[0], vol[7:13, 7:13, 8:14])
+    assert torch.equal(crops[1][3:, 3:, 3:], vol[0:3, 0:3, 0:3])
+    assert float(crops[1][:3].abs().sum()) == 0.0
+
+
+def _two_shape_tomogram(seed: int, n: int = 40) -> TomogramLabels:
+    """Balls (class 1, radius 2) and bars (class 2, 7 x 1 x 1) on a grid, in noise."""
+    g = np.random.default_rng(seed)
+    side = 12 * int(np.ceil(np.sqrt(n)))
+    vol = g.normal(0.0, 0.5, (16, side, side)).astype(np.float32)
+    z, y, x = np.mgrid[-3:4, -3:4, -3:4]
+    ball = (z**2 + y**2 + x**2 <= 4).astype(np.float32)
+    bar = ((abs(z) <= 3) & (y == 0) & (x == 0)).astype(np.float32)
+    centres, classes = [], []
+    for i in range(n):
+        cz, cy, cx = 8, 6 + 12 * (i // (side // 12)), 6 + 12 * (i % (side // 12))
+        k = 1 + int(g.integers(2))
+        vol[cz - 3 : cz + 4, cy - 3 : cy + 4, cx - 3 : cx + 4] += 2.0 * (ball if k == 1 else bar)
+        centres.append((cz, cy, cx))
+        classes.append(k)
+    zeros = torch.zeros(vol.shape, dtype=torch.uint8)
+    return TomogramLabels(
+        f"shapes{seed}", torch.from_numpy(vol), zeros, torch.tensor(centres),
+        torch.tensor(classes), torch.ones(n, dtype=torch.int64),
+    )  # fmt: skip
+
+
+def test_classifier_learns_two_shapes_and_reclassifies_picks(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    train = [_two_shape_tomogram(1), _two_shape_tomogram(2)]
+    config = CropClassifierConfig(n_classes=2, crop=12, width=4)
+    settings = ClassifierTrainConfig(steps=150, batch_size=16, lr=5e-3, jitter=1, eval_every=50)
+    net, history = train_crop_classifier(train, 2, config, settings)
+    assert [h["step"] for h in history] == [50.0, 100.0, 150.0]
+    assert max(h["val_accuracy"] for h in history) >= 0.9
+    # Unseen tomogram: picks with wrong classes are renamed from their crops.
+    test = _two_shape_tomogram(3)
+    coords = test.centres.flip(1).double() + torch.tensor([1.0, 0.0, -1.0])  # x y z, off by 1
+    picks = Picks(["wrong"] * len(coords), coords, scores=torch.linspace(1, 0, len(coords)))
+    names = ("ball", "bar")
+    out = classify_picks(test.volume, picks, net, names)
+    truth = np.asarray(names)[test.classes.numpy() - 1]
+    assert np.mean(out.class_ids == truth) >= 0.9
+    assert np.array_equal(out.coords, picks.coords) and np.array_equal(out.scores, picks.scores)
+    # Files: weights only, same predictions after loading.
+    save_crop_classifier(tmp_path, net, names, history, settings)
+    loaded = load_crop_classifier(tmp_path)
+    assert loaded is not None
+    again = classify_picks(test.volume, picks, loaded[0], loaded[1])
+    assert loaded[1] == list(names) and np.array_equal(again.class_ids, out.class_ids)
+
+
+def test_missing_and_malformed_classifier_files(tmp_path: Path) -> None:
+    assert load_crop_classifier(tmp_path) is None
+    (tmp_path / CLASSIFIER_CONFIG).write_text("{not json")
+    with pytest.raises(InputError, match=CLASSIFIER_CONFIG):
+        load_crop_classifier(tmp_path)
+    save_crop_classifier(tmp_path, CropClassifier(CropClassifierConfig(3, 8, 2)), "abc")
+    (tmp_path / "classifier.pt").write_bytes(b"truncated")
+    with pytest.raises(InputError, match=r"classifier\.pt"):
+        load_crop_classifier(tmp_path)
+
+
+def test_bad_classifier_settings_are_rejected() -> None:
+    with pytest.raises(InputError, match="multiple of 4"):
+        CropClassifierConfig(n_classes=2, crop=10)
+    with pytest.raises(InputError, match="classes"):
+        train_crop_classifier([_two_shape_tomogram(1)], 3, CropClassifierConfig(2, 12, 4))
