@@ -301,6 +301,7 @@ def classify_picks(
     class_names: Sequence[str],
     device: str | torch.device = "cpu",
     batch_size: int = 128,
+    flips: bool = True,
 ) -> Picks:
     """Replace each pick's class by the classifier's.
 
@@ -317,6 +318,9 @@ def classify_picks(
         Name of each output of the classifier.
     device, batch_size
         Where and how many crops at a time.
+    flips
+        Average the class probabilities over the wedge-keeping flips of training (test-time
+        augmentation, 4 passes) instead of one pass.
 
     Returns
     -------
@@ -330,10 +334,18 @@ def classify_picks(
     centres = torch.as_tensor(np.round(picks.coords[:, ::-1]).astype(np.int64))
     crops = extract_crops(volume.to(torch.float32), centres, net.config.crop)
     net = net.to(device).eval()
+    views = augment_rotations() if flips else [()]
+    prob = torch.zeros(crops.shape[0], net.config.n_classes)
     with torch.no_grad():
-        pred = torch.cat(
-            [net(b.unsqueeze(1).to(device)).argmax(1).cpu() for b in torch.split(crops, batch_size)]
-        )
+        for dims in views:
+            view = crops.flip([d + 1 for d in dims]) if dims else crops  # dim 0: crops
+            prob += torch.cat(
+                [
+                    torch.softmax(net(b.unsqueeze(1).to(device)), dim=1).cpu()
+                    for b in torch.split(view, batch_size)
+                ]
+            )
+    pred = prob.argmax(1)
     names = np.asarray(class_names)[pred.numpy()]
     return Picks(names, picks.coords, angles=picks.angles, scores=picks.scores)
 
