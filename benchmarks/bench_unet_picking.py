@@ -21,8 +21,8 @@ tables of the U-Net's own classes are printed too.
 
 After training, :func:`cryopose.tomo.picker.calibrate_picker` chooses the post-processing
 (smoothed-foreground peaks or connected components) and its score threshold on the training
-tomograms; ``--reuse-model`` skips the training, re-calibrates and picks again (training time
-taken from the model's log).
+tomograms; ``--reuse-model`` skips the training (and the calibration, when the model has one)
+and picks again (training time taken from the model's log).
 
 Run from the repository root::
 
@@ -119,8 +119,9 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs, patch=args.patch, lr=args.lr)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     logged_s = 0.0
-    if args.reuse_model:  # training time as logged by the training run, + a fresh calibration
-        calibrate_picker(model_dir, train_dirs)
+    if args.reuse_model:  # training time as logged by the training run
+        if not load_picker(model_dir)[0].calibration:  # calibrated after training normally
+            calibrate_picker(model_dir, train_dirs)
         history = load_picker(model_dir)[0].history
         logged_s = float(history[-1]["elapsed_s"]) if history else 0.0
     else:  # trains, then calibrates the post-processing on the training tomograms
