@@ -16,13 +16,15 @@ work). The ratio is cryopose's
 localisation F1 over UMC's.
 
 ``--classifier-minutes M`` then trains the crop classifier of :mod:`cryopose.tomo.classifier`
-on the same tomograms for M minutes (counted in the compute) and lets it name the picks; the
-tables of the U-Net's own classes are printed too.
+on the training tomograms (``--classifier-n-train``: that many, simulating the extra ones with
+the next seeds; simulation is seconds per tomogram) for M minutes (counted in the compute)
+and lets it name the picks; the tables of the U-Net's own classes are printed too.
 
 After training, :func:`cryopose.tomo.picker.calibrate_picker` chooses the post-processing
 (smoothed-foreground peaks or connected components) and its score threshold on the training
-tomograms; ``--reuse-model`` skips the training (and the calibration, when the model has one)
-and picks again (training time taken from the model's log).
+tomograms; ``--reuse-model`` skips the training (and the calibration, when the model has one;
+and the classifier's training, when it has one) and picks again (training times taken from
+the models' logs).
 
 Run from the repository root::
 
@@ -32,6 +34,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -47,7 +50,7 @@ from cryopose.evaluation.shrec import evaluate_picks, format_tables, load_truth
 from cryopose.io.mrc import read_map
 from cryopose.models.unet3d import UNet3DConfig
 from cryopose.simulate.tomogram import simulate_tomogram
-from cryopose.tomo.classifier import classify_picks, load_crop_classifier
+from cryopose.tomo.classifier import CLASSIFIER_CONFIG, classify_picks, load_crop_classifier
 from cryopose.tomo.peaks import filter_picks
 from cryopose.tomo.picker import (
     TrainConfig,
@@ -82,6 +85,12 @@ def _args() -> argparse.Namespace:
         type=float,
         default=0.0,
         help="then train the crop classifier that names the picks (0: the U-Net names them)",
+    )
+    parser.add_argument(
+        "--classifier-n-train",
+        type=int,
+        default=None,
+        help="tomograms the classifier trains on (default --n-train; more are simulated)",
     )
     parser.add_argument("--no-tm", action="store_true", help="skip template matching")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (core-h basis)")
@@ -132,8 +141,18 @@ def main() -> None:
             config,
             max_minutes=args.max_minutes,
         )
-    if args.classifier_minutes > 0:  # a fresh classifier, also after --reuse-model
-        train_picker_classifier(train_dirs, model_dir, max_minutes=args.classifier_minutes)
+    reuse_classifier = args.reuse_model and load_crop_classifier(model_dir) is not None
+    if args.classifier_minutes > 0 and reuse_classifier:  # its time from its own log
+        history = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())["history"]
+        logged_s += float(history[-1]["elapsed_s"]) if history else 0.0
+    elif args.classifier_minutes > 0:
+        n_cls = args.classifier_n_train or args.n_train
+        cls_dirs = [
+            _simulate(args.work / f"s{args.size}_seed{TRAIN_SEEDS + k}_snr{args.snr}",
+                      args.size, TRAIN_SEEDS + k, args.snr)
+            for k in range(n_cls)
+        ]  # fmt: skip
+        train_picker_classifier(cls_dirs, model_dir, max_minutes=args.classifier_minutes)
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
     spec, net = load_picker(model_dir)
@@ -189,8 +208,10 @@ def main() -> None:
     )
     trained = f"train {args.n_train} tomos, {args.max_minutes:g} min"
     if args.classifier_minutes > 0:
+        n_cls = args.classifier_n_train or args.n_train
         options += f" --classifier-minutes {args.classifier_minutes:g}"
-        trained += f" + crop classifier {args.classifier_minutes:g} min"
+        options += f" --classifier-n-train {n_cls}" if n_cls != args.n_train else ""
+        trained += f" + crop classifier {args.classifier_minutes:g} min on {n_cls} tomos"
         trained += f"; U-Net classes alone: small F1 {unet_only.size_group_f1['small']:.3f}"
     z, y, x = tomo.shape
     emit(
