@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from cryopose.tomo.clustering import cluster_segmentation, match_centres, peak_picks
+from cryopose.io.picks import Picks
+from cryopose.tomo.clustering import (
+    cluster_segmentation,
+    match_centres,
+    merge_saddle_picks,
+    peak_picks,
+)
 from cryopose.tomo.segmentation import erode_labels
 
 NAMES = ["a", "b", "c"]
@@ -131,3 +137,31 @@ def test_match_centres_counts_first_hits_only() -> None:
     hit = match_centres(picks, centres, np.array([2.0, 2.0]))
     assert hit.tolist() == [True, False, True, False]
     assert match_centres(picks[:0], centres, np.array([2.0, 2.0])).tolist() == []
+
+
+def _blob(
+    shape: tuple[int, int, int], centres: list[tuple[float, float, float]], sigma: float
+) -> np.ndarray:
+    """Sum of Gaussians at ``(z, y, x)`` centres, peak 1 each."""
+    z, y, x = np.indices(shape, dtype=np.float64)
+    out = np.zeros(shape)
+    for cz, cy, cx in centres:
+        out += np.exp(-((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma**2))
+    return out.astype(np.float32)
+
+
+def test_saddle_merge_joins_one_elongated_particle_not_two_neighbours() -> None:
+    # One elongated particle: two Gaussians 6 voxels apart with sigma 3 (no valley: the
+    # midpoint is 2 exp(-1/2) = 1.21, the maxima 1 + exp(-2) = 1.14). Two neighbours: 10 voxels
+    # apart with sigma 1.5 (midpoint 2 exp(-25 / 4.5) = 0.008): background between them.
+    one = _blob((16, 16, 40), [(8, 8, 5), (8, 8, 11)], 3.0)
+    two = _blob((16, 16, 40), [(8, 8, 22), (8, 8, 32)], 1.5)
+    fg = np.maximum(one, two)
+    coords = [[5, 8, 8], [11, 8, 8], [22, 8, 8], [32, 8, 8]]  # x y z
+    scores = [float(fg[8, 8, int(c[0])]) for c in coords]
+    picks = Picks(["a", "a", "b", "b"], coords, scores=scores)
+    kept = merge_saddle_picks(picks, fg, ratio=0.6, max_distance=12.0)
+    assert sorted(kept.coords[:, 0].tolist()) in ([5.0, 22.0, 32.0], [11.0, 22.0, 32.0])
+    # A stricter ratio keeps both maxima of the elongated particle; a short reach merges none.
+    assert len(merge_saddle_picks(picks, fg, ratio=1.01)) == 4
+    assert len(merge_saddle_picks(picks, torch.from_numpy(fg), 0.6, max_distance=5.0)) == 4

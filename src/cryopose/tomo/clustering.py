@@ -43,7 +43,7 @@ from scipy import ndimage
 
 from cryopose.io.picks import Picks
 
-__all__ = ["cluster_segmentation", "match_centres", "peak_picks"]
+__all__ = ["cluster_segmentation", "match_centres", "merge_saddle_picks", "peak_picks"]
 
 
 def cluster_segmentation(
@@ -160,6 +160,68 @@ def _suppress_fragments(
         kept.append(int(i))
         out[i] = True
     return out
+
+
+def merge_saddle_picks(
+    picks: Picks, foreground: Any, ratio: float = 0.6, max_distance: float = 12.0
+) -> Picks:
+    """Drop a pick joined to a better one by foreground without a valley (one particle).
+
+    An elongated particle can show two foreground maxima; two neighbouring particles have
+    background between them. Going down the picks by score, a pick is dropped when a kept
+    pick lies within ``max_distance`` voxels and the foreground along the segment between
+    them never falls below ``ratio`` x the lower of their two scores.
+
+    Parameters
+    ----------
+    picks
+        Centres ``(x, y, z)`` in voxels with scores (the foreground at the centre).
+    foreground
+        ``(Z, Y, X)`` the smoothed foreground the scores were read from (numpy or tensor).
+    ratio
+        Least foreground along the segment, relative to the lower score, for one particle.
+    max_distance
+        Picks further apart are never merged (voxels).
+
+    Returns
+    -------
+    Picks
+        The picks kept, in their order.
+
+    >>> fg = np.zeros((1, 1, 12), dtype=np.float32)
+    >>> fg[0, 0, :] = [0, 1, .9, .8, .9, 1, 0, 0, 1, 0, 0, 0]
+    >>> p = Picks(["a"] * 3, [[1, 0, 0], [5, 0, 0], [8, 0, 0]], scores=[1.0, 1.0, 1.0])
+    >>> merge_saddle_picks(p, fg).coords[:, 0].tolist()
+    [1.0, 8.0]
+    """
+    if len(picks) < 2:
+        return picks
+    fg = np.asarray(
+        foreground.cpu() if hasattr(foreground, "cpu") else foreground, dtype=np.float32
+    )
+    scores = picks.scores if picks.scores is not None else np.ones(len(picks))
+    xyz = picks.coords
+    kept: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        merged = False
+        near = np.asarray(kept, dtype=np.int64)
+        if near.size:
+            dist = np.linalg.norm(xyz[near] - xyz[i], axis=1)
+            near = near[dist <= max_distance]
+        for j in near.tolist():
+            d = float(np.linalg.norm(xyz[i] - xyz[j]))
+            t = np.linspace(0.0, 1.0, 2 * int(np.ceil(d)) + 2)
+            points = xyz[j][None, :] + t[:, None] * (xyz[i] - xyz[j])[None, :]
+            low = ndimage.map_coordinates(fg, points[:, ::-1].T, order=1, mode="nearest").min()
+            if low >= ratio * min(scores[i], scores[j]):
+                merged = True
+                break
+        if not merged:
+            kept.append(int(i))
+    idx = np.sort(np.asarray(kept, dtype=np.int64))
+    angles = None if picks.angles is None else picks.angles[idx]
+    sc = None if picks.scores is None else picks.scores[idx]
+    return Picks(picks.class_ids[idx], picks.coords[idx], angles=angles, scores=sc)
 
 
 def peak_picks(

@@ -51,6 +51,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from scipy import ndimage
 
 from cryopose._atomic import atomic_path
 from cryopose.errors import InputError
@@ -67,7 +68,12 @@ from cryopose.tomo.classifier import (
     save_crop_classifier,
     train_crop_classifier,
 )
-from cryopose.tomo.clustering import cluster_segmentation, match_centres, peak_picks
+from cryopose.tomo.clustering import (
+    cluster_segmentation,
+    match_centres,
+    merge_saddle_picks,
+    peak_picks,
+)
 from cryopose.tomo.segmentation import (
     PatchDataset,
     SegmentationModule,
@@ -179,6 +185,12 @@ class PickerSpec:
         Smoothing, peak neighbourhood and score threshold of ``"peaks"``
         (:func:`cryopose.tomo.clustering.peak_picks`); ``threshold`` is set by
         :func:`calibrate_picker`.
+    saddle_ratio, saddle_distance
+        ``"peaks"``: merge two picks closer than ``saddle_distance`` voxels whose foreground
+        stays above ``saddle_ratio`` x the lower score between them
+        (:func:`cryopose.tomo.clustering.merge_saddle_picks`; 0 turns it off). Chosen on two
+        training tomograms of the SNR 0.5 benchmark (0.6 of 1, 0.8, 0.7, 0.6, 0.5: F1 0.958
+        -> 0.971, multiple hits 9 -> 2); on its unseen test tomogram F1 0.938 -> 0.955.
     calibration
         What :func:`calibrate_picker` measured (``threshold``, ``f1``, ``tp``, ``fp``, ``fn``
         on the training tomograms).
@@ -199,6 +211,8 @@ class PickerSpec:
     sigma: float = 1.0
     peak_radius: int = 4
     threshold: float = 0.5
+    saddle_ratio: float = 0.6
+    saddle_distance: float = 12.0
     calibration: Mapping[str, float] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     history: tuple[Mapping[str, float], ...] = ()
@@ -238,6 +252,8 @@ class PickerSpec:
             "sigma": self.sigma,
             "peak_radius": self.peak_radius,
             "threshold": self.threshold,
+            "saddle_ratio": self.saddle_ratio,
+            "saddle_distance": self.saddle_distance,
             "calibration": dict(self.calibration),
             "train": asdict(self.train),
             "history": [dict(h) for h in self.history],
@@ -261,6 +277,8 @@ class PickerSpec:
                 sigma=float(data.get("sigma", 1.0)),
                 peak_radius=int(data.get("peak_radius", 4)),
                 threshold=float(data.get("threshold", 0.5)),
+                saddle_ratio=float(data.get("saddle_ratio", 0.6)),
+                saddle_distance=float(data.get("saddle_distance", 12.0)),
                 calibration={str(k): float(v) for k, v in data.get("calibration", {}).items()},
                 train=TrainConfig(**data["train"]),
                 history=tuple(dict(h) for h in data.get("history", [])),
@@ -589,7 +607,13 @@ def train_picker_classifier(
 def _picks_from_prob(prob: torch.Tensor, spec: PickerSpec, threshold: float) -> Picks:
     """Pick one tomogram's probabilities with ``spec``'s method, scores above ``threshold``."""
     if spec.method == "peaks":
-        return peak_picks(prob, spec.class_names, spec.sigma, spec.peak_radius, threshold)
+        picks = peak_picks(prob, spec.class_names, spec.sigma, spec.peak_radius, threshold)
+        if spec.saddle_ratio <= 0:
+            return picks
+        # Two maxima of one elongated particle: keep the better (SHREC counts the other as a
+        # multiple hit, which lowers precision).
+        fg = ndimage.gaussian_filter((1.0 - prob[0]).cpu().numpy().astype("float32"), spec.sigma)
+        return merge_saddle_picks(picks, fg, spec.saddle_ratio, spec.saddle_distance)
     picks = cluster_segmentation(
         prob.argmax(dim=0), spec.class_names, 1.0 - prob[0], spec.min_voxels(),
         spec.min_distance(),
