@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["UNet3D", "UNet3DConfig"]
+__all__ = ["UNet3D", "UNet3DConfig", "conv_block"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class UNet3DConfig:
         return cls(**{k: int(v) for k, v in data.items()})
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     """Two ``3^3`` convolutions, each followed by batch norm and ReLU."""
     return nn.Sequential(
         nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
@@ -90,14 +90,14 @@ class UNet3D(nn.Module):
         self.down = nn.ModuleList()
         c_in = self.config.in_channels
         for c in chans:
-            self.down.append(_block(c_in, c))
+            self.down.append(conv_block(c_in, c))
             c_in = c
         self.pool = nn.MaxPool3d(2)
         self.up = nn.ModuleList()
         self.merge = nn.ModuleList()
         for c_low, c_high in zip(chans[:0:-1], chans[-2::-1], strict=True):
             self.up.append(nn.ConvTranspose3d(c_low, c_high, 2, stride=2))
-            self.merge.append(_block(2 * c_high, c_high))
+            self.merge.append(conv_block(2 * c_high, c_high))
         self.head = nn.Conv3d(chans[0], self.config.n_classes, 1)
 
     @property

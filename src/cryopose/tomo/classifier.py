@@ -41,6 +41,7 @@ from torch import nn
 from cryopose._atomic import atomic_path
 from cryopose.errors import InputError
 from cryopose.io.picks import Picks
+from cryopose.models.unet3d import conv_block
 from cryopose.tomo.segmentation import TomogramLabels, augment_rotations
 
 __all__ = [
@@ -86,17 +87,6 @@ class CropClassifierConfig:
             raise InputError(None, f"crop must be a multiple of 4 and >= 8, got {self.crop}")
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm3d(c_out),
-        nn.ReLU(inplace=True),
-        nn.Conv3d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm3d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
 class CropClassifier(nn.Module):
     """Three convolution blocks (two pooled), global average pooling, a linear layer."""
 
@@ -105,11 +95,11 @@ class CropClassifier(nn.Module):
         self.config = config
         w = config.width
         self.features = nn.Sequential(
-            _block(1, w),
+            conv_block(1, w),
             nn.MaxPool3d(2),
-            _block(w, 2 * w),
+            conv_block(w, 2 * w),
             nn.MaxPool3d(2),
-            _block(2 * w, 4 * w),
+            conv_block(2 * w, 4 * w),
             nn.AdaptiveAvgPool3d(1),
             nn.Flatten(),
         )
