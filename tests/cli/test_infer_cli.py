@@ -97,3 +97,15 @@ def test_infer_evaluate_prune(
     assert code == 1 and "nope/config.json" in err
     code, _, err = run(["prune", str(star), "-o", str(clean), "--threshold", "0"], capsys)
     assert code == 1 and f"{star}: no column cryoposeDirectionalZScore" in err
+
+    pred4 = tmp_path / "pred4.star"
+    code, out, err = run(["infer", str(star), "--model", str(model), "-o", str(pred4),
+                          "--tta", "4"], capsys)  # fmt: skip
+    assert code == 0, err
+    four = infer_poses(star, model, progress=False, turns=4)
+    np.testing.assert_allclose(read_particles(pred4).rotations(torch.float64), four.rotations,
+                               atol=1e-6)  # fmt: skip
+    assert not np.allclose(four.probability, library.probability)
+    code, _, err = run(["infer", str(star), "--model", str(model), "-o", str(pred4),
+                        "--tta", "3"], capsys)  # fmt: skip
+    assert code == 1 and "turns must be one of (1, 2, 4), got 3" in err

@@ -24,6 +24,7 @@ from cryopose.models import (
     poses_from_logits,
     save_pose_model,
 )
+from cryopose.models.tta import quarter_turn_logits
 from cryopose.pose.candidates import table_candidates
 from cryopose.pose.infer import infer_poses
 from cryopose.pose.pruning import fit_directional_stats, load_directional_stats
@@ -204,3 +205,23 @@ def test_bad_model_folders_and_boxes_name_the_file(star: Path, model: Path, tmp_
     save_pose_model(folder, PoseModelSpec(big, PRE, "C1", (0,)), {0: Image2Sphere(big)})
     with pytest.raises(InputError, match=rf"{star}: row 1.*16 px.*expects 24 px"):
         infer_poses(star, folder, progress=False)
+
+
+def test_quarter_turn_ensemble(star: Path, model: Path) -> None:
+    table = read_particles(star)
+    images = torch.stack(
+        [torch.from_numpy(np.array(mrcfile.mmap(p, mode="r").data[i], dtype=np.float32))
+         for p, i in table.image_locations()]
+    )  # fmt: skip
+    x = preprocess(images, None, float(table.angpix()[0]), PRE).images
+    real = table.random_subset() == 1  # predicted by half2.pt (half1.pt is uniform)
+    with torch.no_grad():
+        fused = quarter_turn_logits(_nets(0)[2], x[real], CONFIG.output_order, turns=4)
+    expected = poses_from_logits(fused, CONFIG.output_order, 5, "D2")
+    four = infer_poses(star, model, batch_size=4, progress=False, turns=4)
+    one = infer_poses(star, model, batch_size=4, progress=False)
+    np.testing.assert_allclose(four.probability[real], expected.probability, rtol=1e-5)
+    np.testing.assert_allclose(four.averaged_rotations[real], expected.averaged_rotation, atol=1e-5)
+    assert not torch.allclose(four.probability[real], one.probability[real])
+    with pytest.raises(InputError, match="turns must be one of"):
+        infer_poses(star, model, progress=False, turns=3)

@@ -35,6 +35,13 @@ def infer(
     top_k: Annotated[
         int, typer.Option(help="Most probable grid cells written (cryoposeTopKIndices).")
     ] = 10,
+    tta: Annotated[
+        int,
+        typer.Option(
+            help="Average the network over 1, 2 or 4 quarter turns of each image "
+            "(more accurate, that many times slower)."
+        ),
+    ] = 1,
 ) -> None:
     """Predict the pose of every particle in STAR with the model folder MODEL.
 
@@ -51,6 +58,7 @@ def infer(
         num_workers=num_workers,
         write_top1=top1,
         top_k=top_k,
+        turns=tta,
     )
     n = len(result.probability)
     extra = "" if result.zscore is None else ", directional z-scores"

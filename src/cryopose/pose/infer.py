@@ -54,6 +54,7 @@ from cryopose.io.mrc import open_stack
 from cryopose.io.particles import ParticleTable, read_particles
 from cryopose.models.image2sphere import Image2Sphere, poses_from_logits
 from cryopose.models.model_dir import CONFIG_NAME, PoseModelSpec, load_pose_model
+from cryopose.models.tta import TURN_CHOICES, quarter_turn_logits
 from cryopose.pose.candidates import Candidates, with_candidate_columns
 from cryopose.pose.pruning import ZSCORE_COLUMN, load_directional_stats
 
@@ -183,6 +184,7 @@ def infer_poses(
     write_top1: bool = False,
     particles_dir: str | Path | None = None,
     seed: int = 0,
+    turns: int = 1,
 ) -> InferenceResult:
     """Predict the pose of every particle of ``star`` with the models of ``model_dir``.
 
@@ -210,6 +212,9 @@ def infer_poses(
         Folder holding the stacks, tried first (only when ``star`` is a path).
     seed
         Seed of the random half sets of a star file without ``rlnRandomSubset``.
+    turns
+        Test-time augmentation: average the probabilities of 1, 2 or 4 quarter turns of each
+        image (:mod:`cryopose.models.tta`); costs ``turns`` network passes per particle.
 
     Returns
     -------
@@ -225,6 +230,8 @@ def infer_poses(
     model_dir = Path(model_dir)
     if batch_size < 1 or top_k < 1:
         raise InputError(None, f"batch size and top_k must be >= 1, got {batch_size}, {top_k}")
+    if turns not in TURN_CHOICES:
+        raise InputError(None, f"turns must be one of {TURN_CHOICES}, got {turns}")
     table = star if isinstance(star, ParticleTable) else read_particles(star, particles_dir)
     spec, nets = load_pose_model(model_dir, device)
     _check_geometry(table, spec, model_dir)
@@ -239,7 +246,7 @@ def infer_poses(
                 table, preprocess=spec.preprocess, half_set=None if half == 0 else 3 - half,
                 symmetry=spec.symmetry, seed=seed,
             )  # fmt: skip
-            _run(net, dataset, spec, out, top_k, batch_size, num_workers, device, advance)
+            _run(net, dataset, spec, out, top_k, batch_size, num_workers, device, advance, turns)
             dataset.close()
     seconds = time.perf_counter() - start
     zscore = _zscores(model_dir, out, assignment)
@@ -320,12 +327,14 @@ def _run(
     num_workers: int,
     device: str | torch.device,
     advance: Callable[[int], None],
+    turns: int = 1,
 ) -> None:
-    """Predict every particle of ``dataset`` with ``net`` into ``out``."""
+    """Predict every particle of ``dataset`` with ``net`` into ``out`` (``turns``: TTA)."""
     order = spec.network.output_order
     k = max(top_k, _SCORE_K)
     for images, rows in _batches(dataset, batch_size, num_workers):
-        logits = net(images.to(device))
+        images = images.to(device)
+        logits = net(images) if turns == 1 else quarter_turn_logits(net, images, order, turns)
         pred = poses_from_logits(logits, order, k, spec.symmetry)
         out.top1[rows] = pred.rotation.cpu()
         out.averaged[rows] = pred.averaged_rotation.cpu()
