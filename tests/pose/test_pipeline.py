@@ -202,6 +202,17 @@ def test_refine_score_prunes_after_refining_every_particle(star: Path, model: Pa
         PipelineConfig(score="cryoposeRefineZScore", refine=None)
 
 
+def test_quarter_turn_ensemble_reaches_the_pipeline(star: Path, model: Path) -> None:
+    table = read_particles(star)
+    kept = PosePipeline(model, None, PipelineConfig(refine=None, tta=4))(table)
+    direct = infer_poses(table, model, progress=False, turns=4)
+    np.testing.assert_allclose(kept.rotations(torch.float64), direct.rotations, atol=1e-9)
+    plain = infer_poses(table, model, progress=False)
+    assert not np.allclose(kept.particles["rlnMaxValueProbDistribution"], plain.probability)
+    with pytest.raises(InputError, match=r"tta must be one of \(1, 2, 4\), got 3"):
+        PipelineConfig(tta=3)
+
+
 def test_bad_input_fails_early_and_names_the_file(star: Path, model: Path, tmp_path: Path) -> None:
     reference = star.parent / "ground_truth.mrc"
     with pytest.raises(InputError, match=r"nowhere.*config\.json"):
@@ -278,7 +289,7 @@ def test_stream_cli_prunes_by_the_refinement_score(star: Path, model: Path, tmp_
 
 
 def test_pipeline_cli_writes_particles_maps_and_timings(
-    star: Path, model: Path, tmp_path: Path
+    star: Path, model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``cryopose pipeline`` = run_pipeline + half-map reconstruction, in another folder."""
     from cryopose.cli.main import main
@@ -315,3 +326,7 @@ def test_pipeline_cli_writes_particles_maps_and_timings(
     print(f"pipeline CLI: half-map FSC 0.5 {ours:.1f} A (true poses {best:.1f} A)")
     assert ours <= best + 3.0
     assert read_map(out / "map.mrc")[0].shape == (16, 16, 16)
+    # --tta reaches the pipeline's settings (checked before any work).
+    capsys.readouterr()
+    assert main([*args, "--tta", "3"]) == 1
+    assert "tta must be one of (1, 2, 4), got 3" in capsys.readouterr().err

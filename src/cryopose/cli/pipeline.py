@@ -54,6 +54,10 @@ def pipeline(
     ] = None,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: one per core).")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    tta: Annotated[
+        int,
+        typer.Option(help="Average the network over 1, 2 or 4 quarter turns of each image."),
+    ] = 1,
 ) -> None:
     """Infer, prune, refine and reconstruct the particles in STAR into OUTPUT.
 
@@ -72,6 +76,7 @@ def pipeline(
         score=score,
         refine=None if no_refine else RefineConfig(device=device),
         device=device,
+        tta=tta,
     )
     summary = run_experiment(
         star,

@@ -38,6 +38,7 @@ from cryopose._atomic import atomic_path
 from cryopose.errors import InputError
 from cryopose.io.particles import ParticleTable, read_particles, write_particles
 from cryopose.models.model_dir import read_pose_model_spec
+from cryopose.models.tta import TURN_CHOICES
 from cryopose.pose.infer import ZSCORE_COLUMN, infer_poses
 from cryopose.pose.pruning import (
     REFINE_ZSCORE_COLUMN,
@@ -86,6 +87,9 @@ class PipelineConfig:
         Particles per network pass.
     device
         Torch device for the network and the refinement.
+    tta
+        Quarter turns of each image the network's probabilities are averaged over (1, 2 or
+        4; :mod:`cryopose.models.tta`): more accurate poses for ``tta`` times the network time.
     """
 
     threshold: float | None = None
@@ -94,8 +98,11 @@ class PipelineConfig:
     refine: RefineConfig | None = field(default_factory=RefineConfig)
     batch_size: int = 128
     device: str = "cpu"
+    tta: int = 1
 
     def __post_init__(self) -> None:
+        if self.tta not in TURN_CHOICES:
+            raise InputError(None, f"tta must be one of {TURN_CHOICES}, got {self.tta}")
         if self.threshold is not None and self.junk_fraction is not None:
             raise InputError(None, "give a z-score threshold or a junk fraction, not both")
         if self.score not in (ZSCORE_COLUMN, REFINE_ZSCORE_COLUMN):
@@ -234,6 +241,7 @@ class PosePipeline:
             batch_size=cfg.batch_size,
             top_k=top_k,
             progress=self.progress,
+            turns=cfg.tta,
         )
         inferred = inference.table
         keep = np.ones(len(inferred), dtype=bool)
