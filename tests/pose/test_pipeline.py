@@ -260,7 +260,9 @@ def test_each_pixel_size_gets_its_own_reference_check(
         pipeline(other)
 
 
-def test_stream_cli_prunes_by_the_refinement_score(star: Path, model: Path, tmp_path: Path) -> None:
+def test_stream_cli_prunes_by_the_refinement_score(
+    star: Path, model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``cryopose stream --score cryoposeRefineZScore`` keeps what the pipeline keeps."""
     from cryopose.cli.main import main
 
@@ -286,6 +288,9 @@ def test_stream_cli_prunes_by_the_refinement_score(star: Path, model: Path, tmp_
     assert len(streamed) == N - N // 4
     # The stream writes absolute stack paths.
     assert [n.replace(f"{watch}/", "") for n in _names(streamed)] == _names(expected)
+    capsys.readouterr()
+    assert main([*args, "--tta", "3"]) == 1  # --tta reaches the pipeline's settings
+    assert "tta must be one of (1, 2, 4), got 3" in capsys.readouterr().err
 
 
 def test_pipeline_cli_writes_particles_maps_and_timings(

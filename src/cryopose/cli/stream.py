@@ -62,6 +62,10 @@ def stream(
     ] = None,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Skip local refinement.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    tta: Annotated[
+        int,
+        typer.Option(help="Average the network over 1, 2 or 4 quarter turns of each image."),
+    ] = 1,
 ) -> None:
     """Stream new particles from WATCH_DIR into gold-standard maps in OUTPUT.
 
@@ -80,6 +84,7 @@ def stream(
             score=score,
             refine=None if no_refine else RefineConfig(device=device),
             device=device,
+            tta=tta,
         ),
     )
     config = StreamConfig(
