@@ -215,6 +215,10 @@ def infer_poses(
     turns
         Test-time augmentation: average the probabilities of 1, 2 or 4 quarter turns of each
         image (:mod:`cryopose.models.tta`); costs ``turns`` network passes per particle.
+        The averaged probabilities are a little flatter than one pass's, while the
+        directional statistics of the model come from one pass: on the pose benchmark the
+        median z-score fell from -0.13 to -0.26 with 4 turns, so a fixed z-score threshold
+        keeps slightly fewer particles (a junk fraction is unaffected).
 
     Returns
     -------
