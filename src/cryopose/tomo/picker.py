@@ -184,7 +184,11 @@ class PickerSpec:
     sigma, peak_radius, threshold
         Smoothing, peak neighbourhood and score threshold of ``"peaks"``
         (:func:`cryopose.tomo.clustering.peak_picks`); ``threshold`` is set by
-        :func:`calibrate_picker`.
+        :func:`calibrate_picker`. ``peak_radius`` 2 instead of 4 lets a small particle
+        beside a bigger one keep its own maximum (the bigger one's foreground no longer
+        fills its 9^3 neighbourhood); duplicate maxima of one particle are left to the saddle
+        merging. Chosen on two training tomograms of the SNR 0.5 benchmark (F1 0.965 ->
+        0.969 and 0.971 -> 0.976, small particles found 52 -> 53 and 51 -> 53 of 62).
     saddle_ratio, saddle_distance
         ``"peaks"``: merge two picks closer than ``saddle_distance`` voxels whose foreground
         stays above ``saddle_ratio`` x the lower score between them
@@ -209,7 +213,7 @@ class PickerSpec:
     overlap: int = 16
     method: str = "peaks"
     sigma: float = 1.0
-    peak_radius: int = 4
+    peak_radius: int = 2
     threshold: float = 0.5
     saddle_ratio: float = 0.6
     saddle_distance: float = 12.0
