@@ -164,7 +164,7 @@ class ClassifierTrainConfig:
         Seed of the split, the sampling and the initial weights.
     """
 
-    steps: int = 4000
+    steps: int = 5000
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
