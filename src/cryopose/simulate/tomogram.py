@@ -24,7 +24,9 @@ Sample ("grandmodel")
   round(size * 200 / 512)`` (SHREC: 512 x 512 x 200).
 * Class densities: each class's Coulomb potential at 10 A per voxel (voxel-averaged, see
   :mod:`cryopose.simulate.density`) of its biological assembly 1 (``REMARK 350 BIOMT``) when
-  the file defines one, else of the deposited chains; computed once per class. A class given
+  the file defines one, else of the deposited chains; computed once per class. (The SHREC
+  mass table that sets the evaluation's size groups lists asymmetric units, so some simulated
+  masses differ from it: see :data:`cryopose.evaluation.shrec.SHREC_CLASS_MASS_KDA`.) A class given
   as a map (``.mrc``, e.g. 4cr2) is resampled to 10 A if needed, cropped around its centre of
   mass, and scaled so that its integral equals :data:`POTENTIAL_PER_KDA` times the class mass
   (:data:`cryopose.evaluation.shrec.SHREC_CLASS_MASS_KDA`), as for the atomic classes; a map
