@@ -30,7 +30,10 @@ across, a homodimer that is processed as C1 as in the developers' PEERS notes) a
 ``--quick`` shrinks everything (300 / 100 particles, 0.3 min training, no peers) for a smoke
 run (about a minute on an idle machine); its rows are printed, never written.
 
+``--no-relion`` skips RELION's 80-minute run and leaves its rows in BENCHMARKS.md as they are.
+
 Example usage: python benchmarks/bench_pipeline.py --write [--quick] [--relion-only] [--peer-only]
+[--no-relion]
 """
 
 from __future__ import annotations
@@ -568,6 +571,11 @@ def main() -> None:
         help="do not wait for a running RELION: use its last iteration (ratio: lower bound)",
     )
     parser.add_argument("--rerun-relion", action="store_true", help="ignore RELION's cache")
+    parser.add_argument(
+        "--no-relion",
+        action="store_true",
+        help="skip RELION (its rows in BENCHMARKS.md are left as they are)",
+    )
     parser.add_argument("--peer-only", action="store_true", help="run (or load) cryoPARES only")
     parser.add_argument(
         "--remeasure-peer", action="store_true", help="time cryoPARES's cached model again"
@@ -606,7 +614,7 @@ def main() -> None:
     relion: dict[str, Any] | None = None
     if args.relion_so_far:
         relion = relion_so_far(data)
-    elif not args.quick:
+    elif not args.quick and not args.no_relion:
         relion = relion_autorefine(data, args.rerun_relion)
         run_data = cache_root() / f"relion_{relion_key(data)}" / "run_data.star"
         relion["quality"] = truth_scores(run_data, data, remove_frame_rotation=True)
@@ -614,6 +622,9 @@ def main() -> None:
         print(f"RELION auto-refine: {json.dumps(relion)}", file=sys.stderr)
     write = args.write and not args.quick
     for row in rows(sizes, train, ours, streams, peer, relion):
+        if args.no_relion and "RELION" in row.name:
+            print(f"(not written: --no-relion) {row.markdown()}", file=sys.stderr)
+            continue
         emit(row, write)
     print(machine(), file=sys.stderr)
 
