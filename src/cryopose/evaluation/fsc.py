@@ -23,6 +23,7 @@ import torch
 
 from cryopose._atomic import atomic_path
 from cryopose.errors import InputError
+from cryopose.geometry._healpix_nest import pix2vec_nest
 
 __all__ = [
     "CespedMetrics",
@@ -124,12 +125,10 @@ def hemisphere_directions(order: int = 1) -> torch.Tensor:
     torch.Tensor
         ``(6 * 4**order, 3)`` float64.
     """
-    import healpy
-
     if order < 0:
         raise InputError(None, f"expected a HEALPix order >= 0, got {order}")
     nside = 2**order
-    x, y, z = healpy.pix2vec(nside, np.arange(12 * nside * nside), nest=True)
+    x, y, z = pix2vec_nest(nside, np.arange(12 * nside * nside))
     v = np.stack([x, y, z], axis=-1)
     eps = 1e-9
     keep = (z > eps) | ((np.abs(z) <= eps) & ((y > eps) | ((np.abs(y) <= eps) & (x > 0))))

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from cryopose.geometry._healpix_nest import pix2ang_nest, pix2vec_nest, vec2pix_nest
 from cryopose.geometry.euler import euler_to_matrix_rad
 
 
@@ -160,7 +161,7 @@ def grid_resolution_deg(order: int) -> float:
 def _grid_angles_np(order: int) -> FloatArray:
     """Read-only ``(M, 3)`` (rot, tilt, psi) in radians, pixel index fastest."""
     nside, npix, npsi = 2**order, _npix(order), _npsi(order)
-    theta, phi = _healpy().pix2ang(nside, np.arange(npix), nest=True)
+    theta, phi = pix2ang_nest(nside, np.arange(npix))
     psi = 2.0 * np.pi * np.arange(npsi) / npsi
     angles = np.empty((npsi, npix, 3), dtype=np.float64)
     angles[..., 0] = phi[None, :]
@@ -236,7 +237,7 @@ def _candidate_pixels(order: int) -> IntArray:
     """
     nside, npix = 2**order, _npix(order)
     radius = (_max_pixel_radius(order) + _covering_radius_bound(order)) * (1.0 + _RADIUS_MARGIN)
-    centres = np.stack(_healpy().pix2vec(nside, np.arange(npix), nest=True), axis=-1)
+    centres = np.stack(pix2vec_nest(nside, np.arange(npix)), axis=-1)
     if radius >= np.pi:
         rows = [np.arange(npix, dtype=np.int64)] * npix
     else:
@@ -255,8 +256,7 @@ def _candidate_pixels(order: int) -> IntArray:
 
 def _pixel_of_directions(v: FloatArray, nside: int) -> IntArray:
     """NEST pixel of ``(N, 3)`` non-zero vectors (need not be unit length)."""
-    pix = _healpy().vec2pix(nside, v[:, 0], v[:, 1], v[:, 2], nest=True)
-    return np.asarray(pix, dtype=np.int64)
+    return vec2pix_nest(nside, v[:, 0], v[:, 1], v[:, 2])
 
 
 def viewing_direction_pixel(R: torch.Tensor, nside: int) -> torch.Tensor:

@@ -37,11 +37,11 @@ from __future__ import annotations
 import functools
 import math
 
-import healpy
 import numpy as np
 import torch
 from e3nn import o3
 
+from cryopose.geometry._healpix_nest import pix2vec_nest
 from cryopose.geometry.distance import geodesic_distance
 from cryopose.geometry.euler import euler_to_matrix_rad
 from cryopose.geometry.healpix import so3_healpix_grid
@@ -174,7 +174,7 @@ def s2_healpix_points(order: int) -> torch.Tensor:
     if order < 0:
         raise ValueError(f"HEALPix order must be >= 0, got {order}")
     nside = 2**order
-    xyz = healpy.pix2vec(nside, np.arange(12 * nside * nside), nest=True)
+    xyz = pix2vec_nest(nside, np.arange(12 * nside * nside))
     return torch.from_numpy(np.stack(xyz, axis=-1).astype(np.float64))
 
 
