@@ -237,3 +237,23 @@ def test_cropped_slices_are_the_fourier_cropped_projection() -> None:
         torch.testing.assert_close(small * (box / 32) ** 2, expected, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="between 1 and 32"):
         projector.slices(rotations, box=33)
+
+
+def test_band_limited_slices_are_the_low_pass_of_the_full_ones() -> None:
+    """``slices(kmax=k)`` equals the full slice inside ``|k| <= kmax`` (cycles per pixel of the
+    map, at any output box) and is zero outside; ``kmax`` above Nyquist changes nothing."""
+    from cryopose.imaging.fft import rfft_freq_grid
+
+    g = torch.Generator().manual_seed(6)
+    volume = torch.randn(32, 32, 32, generator=g, dtype=torch.float64)
+    rotations = euler_to_matrix(torch.tensor([[10.0, 40.0, 70.0], [200.0, 100.0, -30.0]]))
+    projector = Projector(volume)
+    for box, kmax in ((32, 0.2), (20, 0.15), (20, 0.31)):
+        full = projector.slices(rotations, box=box)
+        band = projector.slices(rotations, box=box, kmax=kmax)
+        ky, kx = rfft_freq_grid((box, box), dtype=torch.float64)
+        inside = (kx**2 + ky**2) * (box / 32) ** 2 <= kmax**2
+        assert 0 < int(inside.sum()) < inside.numel()
+        torch.testing.assert_close(band[:, inside], full[:, inside], rtol=0, atol=0)
+        assert bool((band[:, ~inside] == 0).all())
+    torch.testing.assert_close(projector.slices(rotations, kmax=0.9), projector.slices(rotations))

@@ -97,7 +97,7 @@ class Projector:
         # (1, 2, P+1, P+1, P//2+1): real and imaginary parts as channels for grid_sample.
         self._grid_input = f.permute(3, 0, 1, 2).unsqueeze(0).contiguous()
         # Per output box: which rfft samples are kept and their (M, 3) xyz frequencies.
-        self._samples: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._samples: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def volume_rfft(self) -> torch.Tensor:
@@ -130,23 +130,26 @@ class Projector:
         ).reshape(2, *q.shape[:-1])
         return torch.complex(out[0], out[1] * sign[..., 0])
 
-    def _sample_points(self, box: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample_points(self, box: int, kmax: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
         """``(box, box // 2 + 1)`` bool mask and ``(M, 3)`` xyz frequencies of its samples.
 
         Frequencies are in cycles per pixel of the volume: sample ``(jy, jx)`` of a ``box``
         rfft is frequency ``(jy, jx) / D``, so a smaller box is the low-frequency part of the
-        ``D`` one. Samples beyond the volume's Nyquist (``|k| > 0.5``) are left out.
+        ``D`` one. Samples beyond ``min(kmax, 0.5)`` (the volume's Nyquist) are left out.
         """
-        if box not in self._samples:
+        key = (box, min(float(kmax), 0.5))
+        if key not in self._samples:
             ky, kx = rfft_freq_grid((box, box), device=self.device, dtype=self.dtype)
             scale = box / self.size
             ky, kx = ky * scale, kx * scale
-            inside = kx * kx + ky * ky <= 0.25  # RELION keeps |k| <= Nyquist only
+            inside = kx * kx + ky * ky <= key[1] ** 2  # RELION keeps |k| <= Nyquist only
             k = torch.stack([kx[inside], ky[inside], torch.zeros_like(kx[inside])], dim=-1)
-            self._samples[box] = (inside, k)
-        return self._samples[box]
+            self._samples[key] = (inside, k)
+        return self._samples[key]
 
-    def slices(self, rotations: torch.Tensor, box: int | None = None) -> torch.Tensor:
+    def slices(
+        self, rotations: torch.Tensor, box: int | None = None, kmax: float = 0.5
+    ) -> torch.Tensor:
         """Central slices (Fourier transforms of the unshifted, CTF-free projections).
 
         Parameters
@@ -157,6 +160,10 @@ class Projector:
             Size ``B <= D`` of the slices: the low frequencies only, as the rfft of the
             projection Fourier-cropped to ``B`` pixels (``None``: ``D``). Projecting fewer
             frequencies costs proportionally less.
+        kmax
+            Only frequencies ``|k| <= kmax`` (cycles per pixel of the volume, at most the
+            Nyquist 0.5) are projected; the others are zero. A band-limited use (e.g. a
+            low-pass correlation) costs proportionally less.
 
         Returns
         -------
@@ -167,7 +174,7 @@ class Projector:
         d = self.size if box is None else int(box)
         if not 1 <= d <= self.size:
             raise ValueError(f"slice box must be between 1 and {self.size}, got {box}")
-        inside, k = self._sample_points(d)
+        inside, k = self._sample_points(d, kmax)
         rot = rotations.to(device=self.device, dtype=self.dtype)
         # Image frequency k samples the volume at A^T k: row vector k @ A.
         q = k @ rot  # (N, M, 3)
