@@ -9,7 +9,12 @@ import healpy
 import numpy as np
 import pytest
 
-from cryopose.geometry._healpix_nest import pix2ang_nest, pix2vec_nest, vec2pix_nest
+from cryopose.geometry._healpix_nest import (
+    neighbours_nest,
+    pix2ang_nest,
+    pix2vec_nest,
+    vec2pix_nest,
+)
 
 
 @pytest.mark.parametrize("order", range(7))
@@ -57,7 +62,19 @@ def test_the_pose_pipeline_does_not_import_healpy() -> None:
     """healpy pulls in matplotlib and astropy (about a second at every start-up)."""
     code = (
         "import sys, cryopose.pose.pipeline, cryopose.models.so3, cryopose.evaluation.fsc;"
+        "from cryopose.pose.pruning import _neighbour_pixels; _neighbour_pixels(2);"
         "print(sorted(m for m in ('healpy', 'matplotlib', 'astropy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("order", range(7))
+def test_neighbours_match_healpy(order: int) -> None:
+    """All 8 neighbours of every pixel in healpy's order; -1 for the 24 missing ones (the 8
+    points where only three faces meet, each missing one neighbour for 3 pixels)."""
+    nside = 2**order
+    pix = np.arange(12 * nside * nside)
+    ours = neighbours_nest(nside, pix)
+    np.testing.assert_array_equal(ours, healpy.get_all_neighbours(nside, pix, nest=True))
+    assert int((ours == -1).sum()) == 24

@@ -1,12 +1,14 @@
 """HEALPix NEST pixel centres and pixel look-up in numpy, without importing healpy.
 
 healpy's import pulls in matplotlib and astropy (0.7-1.3 s on this machine), and the pose
-pipeline only needs three of its functions: pixel centres as angles or unit vectors, and the
-pixel of a direction, in the NEST scheme. These are the HEALPix reference algorithms (Gorski
-et al. 2005, ApJ 622:759; the ``nest2xyf``, ``pix2loc`` and ``loc2pix`` routines of the
-HEALPix C++ library): a NEST index splits into a base face and two interleaved bit fields
-``(ix, iy)``; the face and ``ix + iy`` give the ring (so ``z``), ``ix - iy`` the position
-along it (so ``phi``). Tests check them against healpy at orders 0-6.
+pipeline only needs four of its functions, in the NEST scheme: pixel centres as angles or
+unit vectors, the pixel of a direction, and a pixel's neighbours. These are the HEALPix
+reference algorithms (Gorski et al. 2005, ApJ 622:759; the ``nest2xyf``, ``pix2loc``,
+``loc2pix`` and ``neighbors`` routines of the HEALPix C++ library): a NEST index splits into a
+base face and two interleaved bit fields ``(ix, iy)``; the face and ``ix + iy`` give the ring
+(so ``z``), ``ix - iy`` the position along it (so ``phi``); a neighbour across a face edge is
+found from tables of which face lies in each direction and how its axes are turned. Tests
+check them against healpy at orders 0-6.
 
 >>> import numpy as np
 >>> theta, phi = pix2ang_nest(1, np.arange(3))
@@ -19,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["pix2ang_nest", "pix2vec_nest", "vec2pix_nest"]
+__all__ = ["neighbours_nest", "pix2ang_nest", "pix2vec_nest", "vec2pix_nest"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -134,3 +136,61 @@ def vec2pix_nest(nside: int, x: npt.ArrayLike, y: npt.ArrayLike, z: npt.ArrayLik
     iy = np.where(eq, iy_eq, iy_cap)
     out: IntArray = (face << (2 * order)) + _spread_bits(ix, order) + (_spread_bits(iy, order) << 1)
     return out
+
+
+# Neighbour offsets in (ix, iy), in healpy's order: SW, W, NW, N, NE, E, SE, S.
+_NB_X = np.array([-1, -1, 0, 1, 1, 1, 0, -1], dtype=np.int64)
+_NB_Y = np.array([0, 1, 1, 1, 0, -1, -1, -1], dtype=np.int64)
+# Face in each of the 9 directions (rows: 3 * dy + dx + 4 for dx, dy in -1, 0, 1) around each
+# base face (columns), -1 where three faces meet and there is none.
+_NB_FACE = np.array(
+    [
+        [8, 9, 10, 11, -1, -1, -1, -1, 10, 11, 8, 9],
+        [5, 6, 7, 4, 8, 9, 10, 11, 9, 10, 11, 8],
+        [-1, -1, -1, -1, 5, 6, 7, 4, -1, -1, -1, -1],
+        [4, 5, 6, 7, 11, 8, 9, 10, 11, 8, 9, 10],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+        [1, 2, 3, 0, 0, 1, 2, 3, 5, 6, 7, 4],
+        [-1, -1, -1, -1, 7, 4, 5, 6, -1, -1, -1, -1],
+        [3, 0, 1, 2, 3, 0, 1, 2, 4, 5, 6, 7],
+        [2, 3, 0, 1, -1, -1, -1, -1, 0, 1, 2, 3],
+    ],
+    dtype=np.int64,
+)
+# How the neighbouring face's axes are turned (bit 1: flip x, 2: flip y, 4: swap x and y),
+# per direction and per row of base faces (north, equator, south).
+_NB_SWAP = np.array(
+    [[0, 0, 3], [0, 0, 6], [0, 0, 0], [0, 0, 5], [0, 0, 0], [5, 0, 0], [0, 0, 0], [6, 0, 0],
+     [3, 0, 0]],
+    dtype=np.int64,
+)  # fmt: skip
+
+
+def neighbours_nest(nside: int, pix: npt.ArrayLike) -> IntArray:
+    """Return the 8 NEST neighbours of each pixel (``(8, N)``, -1 where there are only 7).
+
+    Rows in healpy's order (SW, W, NW, N, NE, E, SE, S), as
+    ``healpy.get_all_neighbours(nside, pix, nest=True)``.
+    """
+    order = _order(nside)
+    p = np.asarray(pix, dtype=np.int64).reshape(-1)
+    if p.size and (p.min() < 0 or p.max() >= 12 * nside * nside):
+        raise ValueError(f"pixel indices must be in [0, {12 * nside * nside}) at nside {nside}")
+    face = p >> (2 * order)
+    local = p & (nside * nside - 1)
+    ix, iy = _compress_bits(local, order), _compress_bits(local >> 1, order)
+    x = ix[None, :] + _NB_X[:, None]  # (8, N)
+    y = iy[None, :] + _NB_Y[:, None]
+    direction = np.full(x.shape, 4, dtype=np.int64)
+    direction += np.where(x < 0, -1, np.where(x >= nside, 1, 0))
+    direction += np.where(y < 0, -3, np.where(y >= nside, 3, 0))
+    x, y = np.mod(x, nside), np.mod(y, nside)
+    faces = np.broadcast_to(face[None, :], x.shape)
+    new_face = _NB_FACE[direction, faces]
+    bits = _NB_SWAP[direction, faces >> 2]
+    x = np.where(bits & 1, nside - x - 1, x)
+    y = np.where(bits & 2, nside - y - 1, y)
+    x, y = np.where(bits & 4, y, x), np.where(bits & 4, x, y)
+    out = (new_face << (2 * order)) + _spread_bits(x, order) + (_spread_bits(y, order) << 1)
+    result: IntArray = np.where(new_face < 0, -1, out)
+    return result

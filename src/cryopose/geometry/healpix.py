@@ -30,7 +30,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from cryopose.geometry._healpix_nest import pix2ang_nest, pix2vec_nest, vec2pix_nest
+from cryopose.geometry._healpix_nest import (
+    neighbours_nest,
+    pix2ang_nest,
+    pix2vec_nest,
+    vec2pix_nest,
+)
 from cryopose.geometry.euler import euler_to_matrix_rad
 
 
@@ -394,7 +399,7 @@ def grid_neighbours(index: torch.Tensor, order: int, include_self: bool = True) 
     if flat.size and (flat.min() < 0 or flat.max() >= size):
         raise ValueError(f"grid indices must lie in [0, {size}) for order {order}")
     pix, j = flat % npix, flat // npix
-    neigh = np.asarray(_healpy().get_all_neighbours(2**order, pix, nest=True), dtype=np.int64).T
+    neigh = neighbours_nest(2**order, pix).T
     missing = neigh < 0
     neigh = np.where(missing, pix[:, None], neigh)  # (N, 8)
     # Psi index of each neighbour direction best aligned with the centre rotation G.

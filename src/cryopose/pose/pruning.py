@@ -100,6 +100,7 @@ import torch
 
 from cryopose._atomic import atomic_path
 from cryopose.errors import InputError
+from cryopose.geometry._healpix_nest import neighbours_nest
 from cryopose.geometry.healpix import viewing_direction_pixel
 from cryopose.geometry.symmetry import symmetry_group
 
@@ -173,11 +174,9 @@ def _orbit_pixels(rotations: torch.Tensor, symmetry: str, order: int) -> torch.T
 
 def _neighbour_pixels(order: int) -> npt.NDArray[np.int64]:
     """``(npix, 9)`` each pixel followed by its 8 NEST neighbours (-1 where there are 7)."""
-    import healpy
-
     nside = 2**order
     pixels = np.arange(12 * nside * nside)
-    neighbours = np.asarray(healpy.get_all_neighbours(nside, pixels, nest=True), dtype=np.int64)
+    neighbours = neighbours_nest(nside, pixels)
     return np.concatenate([pixels[:, None], neighbours.T], axis=1)
 
 
