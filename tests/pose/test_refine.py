@@ -21,6 +21,7 @@ from cryopose.io.particles import ParticleTable, read_particles, write_particles
 from cryopose.pose._local_grid import local_rotation_grid
 from cryopose.pose.candidates import Candidates, encode_indices, with_candidate_columns
 from cryopose.pose.refine import (
+    PreparedReference,
     RefineConfig,
     match_local,
     refine_particles,
@@ -355,3 +356,24 @@ def test_refine_star_uses_the_star_candidates(clean: Path, tmp_path: Path) -> No
     assert "cryoposeRefineCandidate" not in read_particles(again).particles
     plain = refine_star(star_in, reference, tmp_path / "plain.star", no_cand, False, clean.parent)
     assert float(_errors(truth, plain.rotations).min()) > 25.0
+
+
+def test_prepared_reference_is_shared_between_calls(clean: Path) -> None:
+    """A reference prepared once refines like the map itself, and a second call with the same
+    candidates projects no new grid slice (a stream's files share the cache)."""
+    truth = read_particles(clean).subset(np.arange(8))
+    start, candidates, _ = _wrong_start_with_candidates(truth, 4, seed=9)
+    volume, _ = read_map(clean.parent / "ground_truth.mrc")
+    config = RefineConfig()
+    direct = refine_particles(start, volume, config, progress=False, candidates=candidates)
+    prepared = PreparedReference(volume)
+    first = refine_particles(start, prepared, config, progress=False, candidates=candidates)
+    torch.testing.assert_close(first.rotations, direct.rotations, rtol=0, atol=1e-12)
+    torch.testing.assert_close(first.origins_angst, direct.origins_angst, rtol=0, atol=1e-9)
+    (cache,) = prepared._caches.values()
+    projected = cache.projected
+    assert 0 < projected <= 8 * 4
+    refine_particles(start, prepared, config, progress=False, candidates=candidates)
+    assert cache.projected == projected
+    with pytest.raises(ValueError, match=r"pad factor 2\.0"):
+        refine_particles(start, prepared, RefineConfig(pad_factor=3.0), False, candidates)

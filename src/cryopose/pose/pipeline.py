@@ -52,6 +52,7 @@ from cryopose.pose.refine import (
     CC_COLUMN,
     PEAK_Z_COLUMN,
     SCORE_COLUMN,
+    PreparedReference,
     RefineConfig,
     load_reference,
     refine_particles,
@@ -190,7 +191,7 @@ class PosePipeline:
         self.timings = PipelineTimings()
         # One map per (box, pixel size): streamed files need not share them, and a map
         # resampled for one file must not be used for another.
-        self._volumes: dict[tuple[int, float], torch.Tensor] = {}
+        self._references: dict[tuple[int, float], PreparedReference] = {}
         # Fail before the first particle (a stream may wait long for it), not after inference.
         read_pose_model_spec(self.model_dir)
         if self.reference is not None and not self.reference.is_file():
@@ -210,14 +211,21 @@ class PosePipeline:
                 "pruning needs directional statistics (validation_half*.pt from training)",
             )
 
-    def _reference_volume(self, table: ParticleTable) -> torch.Tensor:
+    def _reference_volume(self, table: ParticleTable) -> PreparedReference:
+        """Return the reference at the particles' box and pixel size, prepared once.
+
+        A stream's files share its projector and grid-slice cache.
+        """
         assert self.reference is not None and self.config.refine is not None
         box = table_box(table)
         key = (box, round(float(table.angpix()[0]), 6))
-        if key not in self._volumes:
+        if key not in self._references:
             rescale = self.config.refine.rescale_map
-            self._volumes[key], _ = load_reference(self.reference, table, box, rescale)
-        return self._volumes[key]
+            volume, _ = load_reference(self.reference, table, box, rescale)
+            self._references[key] = PreparedReference(
+                volume, self.config.refine.pad_factor, self.config.device
+            )
+        return self._references[key]
 
     def _keep(self, scores: np.ndarray) -> np.ndarray:
         """``(n,)`` bool: ``scores >= threshold`` (given or from the junk fraction)."""

@@ -99,6 +99,7 @@ from cryopose.pose.pruning import REFINE_ZSCORE_COLUMN, refine_zscores
 
 __all__ = [
     "MatchResult",
+    "PreparedReference",
     "RefineConfig",
     "RefineResult",
     "load_reference",
@@ -684,6 +685,37 @@ def load_reference(
     return volume.contiguous(), angpix
 
 
+class PreparedReference:
+    """A reference map prepared once for many :func:`refine_particles` calls.
+
+    Holds the map's projector (its padded Fourier transform) and the grid-slice caches of the
+    candidate ranking (:class:`~cryopose.pose._slice_cache.GridSliceCache`), so that a stream
+    of small files (:mod:`cryopose.pose.stream`) projects each grid cell once in all, not
+    once per file.
+
+    Parameters
+    ----------
+    volume
+        ``(D, D, D)`` map at the particles' box and pixel size.
+    pad_factor
+        Fourier oversampling (``RefineConfig.pad_factor``).
+    device
+        Torch device (``RefineConfig.device``).
+    """
+
+    def __init__(self, volume: torch.Tensor, pad_factor: float = 2.0, device: str = "cpu"):
+        self.pad_factor = float(pad_factor)
+        self.device = torch.device(device)
+        self.projector = Projector(volume.to(self.device), pad_factor=self.pad_factor)
+        self._caches: dict[tuple[int, float], GridSliceCache] = {}
+
+    def slice_cache(self, band: tuple[int, float]) -> GridSliceCache:
+        """Return the cache of slices at ``band`` (``(box, kmax)`` of :func:`slice_band`)."""
+        if band not in self._caches:
+            self._caches[band] = GridSliceCache(self.projector, *band)
+        return self._caches[band]
+
+
 def _batch_ctf(
     params: dict[str, torch.Tensor], idx: slice, box: int, angpix: float, device: torch.device
 ) -> torch.Tensor:
@@ -767,7 +799,7 @@ def _rank_resolution(cfg: RefineConfig) -> float | None:
 
 def refine_particles(
     table: ParticleTable,
-    volume: torch.Tensor,
+    volume: torch.Tensor | PreparedReference,
     config: RefineConfig | None = None,
     progress: bool = True,
     candidates: Candidates | None = None,
@@ -779,7 +811,9 @@ def refine_particles(
     table
         Particles with images, poses, (origins) and, when ``config.ctf``, CTF columns.
     volume
-        ``(D, D, D)`` reference map at the particles' box and pixel size.
+        ``(D, D, D)`` reference map at the particles' box and pixel size, or the same map
+        prepared once for many calls (:class:`PreparedReference`, with the config's pad factor
+        and device).
     config
         Search settings (defaults: ``RefineConfig()``).
     progress
@@ -813,7 +847,16 @@ def refine_particles(
     ctf_params = table.ctf_parameters() if cfg.ctf else None
     prob = _network_probability(table)
     locations = table.image_locations()
-    projector = Projector(volume.to(dev), pad_factor=cfg.pad_factor)
+    if isinstance(volume, PreparedReference):
+        if volume.pad_factor != cfg.pad_factor or volume.device != dev:
+            raise ValueError(
+                f"reference prepared with pad factor {volume.pad_factor} on {volume.device}, "
+                f"the refinement asks for {cfg.pad_factor} on {dev}"
+            )
+        prepared = volume
+    else:
+        prepared = PreparedReference(volume, cfg.pad_factor, cfg.device)
+    projector = prepared.projector
     coarse = local_rotation_grid(cfg.range_deg, cfg.step_deg).to(dev)
     fine = local_rotation_grid(cfg.fine_range_deg, cfg.fine_step_deg).to(dev) if cfg.fine else None
     rot_out = torch.empty_like(rot_in)
@@ -824,7 +867,7 @@ def refine_particles(
     coarse_resolution = _coarse_resolution(cfg)
     rank_resolution = _rank_resolution(cfg)
     rank_band = slice_band(projector.size, angpix, rank_resolution, crop=True)
-    slice_cache = GridSliceCache(projector, *rank_band) if n_cand > 0 else None
+    slice_cache = prepared.slice_cache(rank_band) if n_cand > 0 else None
     cache = StackCache()
     start_time = time.perf_counter()
     try:
