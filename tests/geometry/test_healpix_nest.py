@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from cryopose.geometry._healpix_nest import (
+    boundaries_nest,
+    max_pixrad,
     neighbours_nest,
     pix2ang_nest,
     pix2vec_nest,
+    query_disc_centres,
     vec2pix_nest,
 )
 
@@ -59,10 +62,14 @@ def test_bad_input_is_refused() -> None:
 
 
 def test_the_pose_pipeline_does_not_import_healpy() -> None:
-    """healpy pulls in matplotlib and astropy (about a second at every start-up)."""
+    """healpy pulls in matplotlib and astropy (about a second at every start-up): loading the
+    pipeline, the directional statistics' neighbours and the network's nearest-cell look-up
+    (pixel radius, boundaries, discs) run without it."""
     code = (
-        "import sys, cryopose.pose.pipeline, cryopose.models.so3, cryopose.evaluation.fsc;"
+        "import sys, torch, cryopose.pose.pipeline, cryopose.models.so3, cryopose.evaluation.fsc;"
         "from cryopose.pose.pruning import _neighbour_pixels; _neighbour_pixels(2);"
+        "from cryopose.geometry.healpix import nearest_grid_index, grid_resolution_deg;"
+        "nearest_grid_index(torch.eye(3)[None], 2); grid_resolution_deg(3);"
         "print(sorted(m for m in ('healpy', 'matplotlib', 'astropy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -78,3 +85,26 @@ def test_neighbours_match_healpy(order: int) -> None:
     ours = neighbours_nest(nside, pix)
     np.testing.assert_array_equal(ours, healpy.get_all_neighbours(nside, pix, nest=True))
     assert int((ours == -1).sum()) == 24
+
+
+@pytest.mark.parametrize("order", range(7))
+def test_boundaries_and_pixel_radius_match_healpy(order: int) -> None:
+    nside = 2**order
+    pix = np.arange(12 * nside * nside)
+    ours = boundaries_nest(nside, pix, step=8)
+    np.testing.assert_allclose(ours, healpy.boundaries(nside, pix, step=8, nest=True), atol=1e-14)
+    assert max_pixrad(nside) == pytest.approx(healpy.max_pixrad(nside), rel=1e-14)
+
+
+@pytest.mark.parametrize(("order", "radius"), [(1, 0.3), (3, 0.1), (3, 0.25), (4, 0.12)])
+def test_disc_queries_match_healpy(order: int, radius: float) -> None:
+    """Discs around every pixel centre and around random directions."""
+    nside = 2**order
+    centres = np.stack(pix2vec_nest(nside, np.arange(12 * nside * nside)), axis=-1)
+    rng = np.random.default_rng(order)
+    random = rng.normal(size=(50, 3))
+    random /= np.linalg.norm(random, axis=1, keepdims=True)
+    vectors = np.concatenate([centres, random])
+    ours = query_disc_centres(nside, vectors, radius)
+    for v, got in zip(vectors, ours, strict=True):
+        np.testing.assert_array_equal(got, np.sort(healpy.query_disc(nside, v, radius, nest=True)))

@@ -1,14 +1,15 @@
 """HEALPix NEST pixel centres and pixel look-up in numpy, without importing healpy.
 
 healpy's import pulls in matplotlib and astropy (0.7-1.3 s on this machine), and the pose
-pipeline only needs four of its functions, in the NEST scheme: pixel centres as angles or
-unit vectors, the pixel of a direction, and a pixel's neighbours. These are the HEALPix
+pose pipeline only needs a few of its functions, in the NEST scheme: pixel centres as angles
+or unit vectors, the pixel of a direction, a pixel's neighbours, points on its boundary, the
+largest pixel radius, and the pixels whose centres lie in a disc. These are the HEALPix
 reference algorithms (Gorski et al. 2005, ApJ 622:759; the ``nest2xyf``, ``pix2loc``,
-``loc2pix`` and ``neighbors`` routines of the HEALPix C++ library): a NEST index splits into a
-base face and two interleaved bit fields ``(ix, iy)``; the face and ``ix + iy`` give the ring
-(so ``z``), ``ix - iy`` the position along it (so ``phi``); a neighbour across a face edge is
-found from tables of which face lies in each direction and how its axes are turned. Tests
-check them against healpy at orders 0-6.
+``xyf2loc``, ``loc2pix``, ``neighbors``, ``boundaries`` and ``max_pixrad`` routines of the
+HEALPix C++ library): a NEST index splits into a base face and two interleaved bit fields
+``(ix, iy)``; the face and ``ix + iy`` give the ring (so ``z``), ``ix - iy`` the position
+along it (so ``phi``); a neighbour across a face edge is found from tables of which face lies
+in each direction and how its axes are turned. Tests check them against healpy at orders 0-6.
 
 >>> import numpy as np
 >>> theta, phi = pix2ang_nest(1, np.arange(3))
@@ -21,7 +22,15 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["neighbours_nest", "pix2ang_nest", "pix2vec_nest", "vec2pix_nest"]
+__all__ = [
+    "boundaries_nest",
+    "max_pixrad",
+    "neighbours_nest",
+    "pix2ang_nest",
+    "pix2vec_nest",
+    "query_disc_centres",
+    "vec2pix_nest",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -194,3 +203,69 @@ def neighbours_nest(nside: int, pix: npt.ArrayLike) -> IntArray:
     out = (new_face << (2 * order)) + _spread_bits(x, order) + (_spread_bits(y, order) << 1)
     result: IntArray = np.where(new_face < 0, -1, out)
     return result
+
+
+def _xyf2vec(x: FloatArray, y: FloatArray, face: IntArray) -> FloatArray:
+    """``(..., 3)`` unit vectors of face-local coordinates ``x, y`` in [0, 1] of ``face``."""
+    jr = _JRLL[face] - x - y
+    north, south = jr < 1, jr > 3
+    nr = np.where(north, jr, np.where(south, 4 - jr, 1.0))
+    cap = nr * nr / 3.0
+    z = np.where(north, 1.0 - cap, np.where(south, cap - 1.0, (2 - jr) * 2.0 / 3.0))
+    sth = np.where(north | south, np.sqrt(np.maximum(cap * (2.0 - cap), 0.0)), 0.0)
+    sth = np.where(north | south, sth, np.sqrt((1.0 - z) * (1.0 + z)))
+    tmp = _JPLL[face] * nr + x - y
+    tmp = np.where(tmp < 0, tmp + 8, np.where(tmp >= 8, tmp - 8, tmp))
+    phi = np.where(nr < 1e-15, 0.0, (np.pi / 4) * tmp / np.maximum(nr, 1e-15))
+    out: FloatArray = np.stack([sth * np.cos(phi), sth * np.sin(phi), z], axis=-1)
+    return out
+
+
+def boundaries_nest(nside: int, pix: npt.ArrayLike, step: int = 1) -> FloatArray:
+    """Return ``4 * step`` points along the boundary of each pixel, ``(N, 3, 4 * step)``.
+
+    As ``healpy.boundaries(nside, pix, step, nest=True)``: the corners and ``step - 1`` points
+    between them on each edge, in healpy's order.
+    """
+    order = _order(nside)
+    p = np.asarray(pix, dtype=np.int64).reshape(-1)
+    face = p >> (2 * order)
+    local = p & (nside * nside - 1)
+    ix, iy = _compress_bits(local, order), _compress_bits(local >> 1, order)
+    xc, yc = (ix[:, None] + 0.5) / nside, (iy[:, None] + 0.5) / nside
+    dc, d = 0.5 / nside, 1.0 / (step * nside)
+    i = np.arange(step)[None, :]
+    still = 0.0 * i  # broadcasts a fixed coordinate along an edge
+    xs = np.concatenate([xc + dc - i * d, xc - dc + still, xc - dc + i * d, xc + dc + still], 1)
+    ys = np.concatenate([yc + dc + still, yc + dc - i * d, yc - dc + still, yc - dc + i * d], 1)
+    vec = _xyf2vec(xs, ys, np.broadcast_to(face[:, None], xs.shape))  # (N, 4 step, 3)
+    out: FloatArray = np.moveaxis(vec, -1, 1)
+    return out
+
+
+def max_pixrad(nside: int) -> float:
+    """Return the largest centre-to-corner angle of any pixel (radians), as healpy's."""
+    _order(nside)
+    za, phia = 2.0 / 3.0, np.pi / (4 * nside)
+    t1 = (1.0 - 1.0 / nside) ** 2
+    zb = 1 - t1 / 3
+    sa, sb = np.sqrt((1 - za) * (1 + za)), np.sqrt((1 - zb) * (1 + zb))
+    va = np.array([sa * np.cos(phia), sa * np.sin(phia), za])
+    vb = np.array([sb, 0.0, zb])
+    return float(np.arctan2(np.linalg.norm(np.cross(va, vb)), float(va @ vb)))
+
+
+def query_disc_centres(nside: int, centre: npt.ArrayLike, radius: float) -> list[IntArray]:
+    """Return the pixels of the disc around each unit vector of ``centre`` ``(N, 3)``.
+
+    Sorted NEST pixels with centres within ``radius`` radians, as
+    ``healpy.query_disc(nside, vec, radius, nest=True)`` (not inclusive) up to ties at the edge.
+    """
+    c = np.asarray(centre, dtype=np.float64).reshape(-1, 3)
+    pix_centres = np.stack(pix2vec_nest(nside, np.arange(12 * nside * nside)), axis=-1)
+    cos_r = np.cos(radius)
+    out: list[IntArray] = []
+    for start in range(0, len(c), 1024):
+        inside = c[start : start + 1024] @ pix_centres.T >= cos_r
+        out.extend(np.flatnonzero(row).astype(np.int64) for row in inside)
+    return out

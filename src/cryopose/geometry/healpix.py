@@ -24,27 +24,21 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from cryopose.geometry._healpix_nest import (
+    boundaries_nest,
+    max_pixrad,
     neighbours_nest,
     pix2ang_nest,
     pix2vec_nest,
+    query_disc_centres,
     vec2pix_nest,
 )
 from cryopose.geometry.euler import euler_to_matrix_rad
-
-
-def _healpy() -> Any:
-    """Import healpy on first use: its import pulls in matplotlib and astropy (~1.5 s)."""
-    import healpy
-
-    return healpy
-
 
 __all__ = [
     "grid_neighbours",
@@ -114,11 +108,11 @@ def _max_pixel_radius(order: int) -> float:
     (8 points per edge) and keep the larger value. The two agree to 1e-13 on orders 0-6.
     """
     nside = 2**order
-    radius = float(_healpy().max_pixrad(nside))
+    radius = max_pixrad(nside)
     if order <= 6:
         pix = np.arange(_npix(order))
-        edges = np.asarray(_healpy().boundaries(nside, pix, step=8, nest=True))  # (npix, 3, 32)
-        centres = np.stack(_healpy().pix2vec(nside, pix, nest=True), axis=-1)  # (npix, 3)
+        edges = boundaries_nest(nside, pix, step=8)  # (npix, 3, 32)
+        centres = np.stack(pix2vec_nest(nside, pix), axis=-1)  # (npix, 3)
         cos = np.clip(np.einsum("nk,nkm->nm", centres, edges), -1.0, 1.0)
         radius = max(radius, float(np.arccos(cos.min())))
     return radius * (1.0 + _RADIUS_MARGIN)
@@ -246,10 +240,7 @@ def _candidate_pixels(order: int) -> IntArray:
     if radius >= np.pi:
         rows = [np.arange(npix, dtype=np.int64)] * npix
     else:
-        rows = [
-            np.asarray(_healpy().query_disc(nside, centres[p], radius, nest=True), dtype=np.int64)
-            for p in range(npix)
-        ]
+        rows = query_disc_centres(nside, centres, radius)
     width = max(len(r) for r in rows)
     table = np.empty((npix, width), dtype=np.int64)
     for p, r in enumerate(rows):
