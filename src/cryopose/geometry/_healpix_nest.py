@@ -64,15 +64,22 @@ def _spread_bits(v: IntArray, order: int) -> IntArray:
     return out
 
 
-def _pix2zphi(nside: int, pix: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """``z = cos(theta)``, ``sin(theta)`` and ``phi`` of NEST pixel centres."""
+def _nest2xyf(nside: int, pix: npt.ArrayLike) -> tuple[IntArray, IntArray, IntArray, int]:
+    """Split NEST pixels (flattened) into base face, ``ix`` and ``iy``; also return the order."""
     order = _order(nside)
-    p = np.asarray(pix, dtype=np.int64)
+    p = np.asarray(pix, dtype=np.int64).reshape(-1)
     if p.size and (p.min() < 0 or p.max() >= 12 * nside * nside):
         raise ValueError(f"pixel indices must be in [0, {12 * nside * nside}) at nside {nside}")
-    face = p >> (2 * order)
     local = p & (nside * nside - 1)
     ix, iy = _compress_bits(local, order), _compress_bits(local >> 1, order)
+    return p >> (2 * order), ix, iy, order
+
+
+def _pix2zphi(nside: int, pix: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``z = cos(theta)``, ``sin(theta)`` and ``phi`` of NEST pixel centres."""
+    shape = np.shape(pix)
+    face, ix, iy, _ = _nest2xyf(nside, pix)
+    face, ix, iy = face.reshape(shape), ix.reshape(shape), iy.reshape(shape)
     jr = _JRLL[face] * nside - ix - iy - 1  # ring index, 1 .. 4 nside - 1
     fact2 = 4.0 / (12.0 * nside * nside)
     north, south = jr < nside, jr > 3 * nside
@@ -181,13 +188,7 @@ def neighbours_nest(nside: int, pix: npt.ArrayLike) -> IntArray:
     Rows in healpy's order (SW, W, NW, N, NE, E, SE, S), as
     ``healpy.get_all_neighbours(nside, pix, nest=True)``.
     """
-    order = _order(nside)
-    p = np.asarray(pix, dtype=np.int64).reshape(-1)
-    if p.size and (p.min() < 0 or p.max() >= 12 * nside * nside):
-        raise ValueError(f"pixel indices must be in [0, {12 * nside * nside}) at nside {nside}")
-    face = p >> (2 * order)
-    local = p & (nside * nside - 1)
-    ix, iy = _compress_bits(local, order), _compress_bits(local >> 1, order)
+    face, ix, iy, order = _nest2xyf(nside, pix)
     x = ix[None, :] + _NB_X[:, None]  # (8, N)
     y = iy[None, :] + _NB_Y[:, None]
     direction = np.full(x.shape, 4, dtype=np.int64)
@@ -227,11 +228,7 @@ def boundaries_nest(nside: int, pix: npt.ArrayLike, step: int = 1) -> FloatArray
     As ``healpy.boundaries(nside, pix, step, nest=True)``: the corners and ``step - 1`` points
     between them on each edge, in healpy's order.
     """
-    order = _order(nside)
-    p = np.asarray(pix, dtype=np.int64).reshape(-1)
-    face = p >> (2 * order)
-    local = p & (nside * nside - 1)
-    ix, iy = _compress_bits(local, order), _compress_bits(local >> 1, order)
+    face, ix, iy, _ = _nest2xyf(nside, pix)
     xc, yc = (ix[:, None] + 0.5) / nside, (iy[:, None] + 0.5) / nside
     dc, d = 0.5 / nside, 1.0 / (step * nside)
     i = np.arange(step)[None, :]
