@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
+import pytest
 import torch
+from e3nn import o3
 
 from cryopose.geometry import random_rotations, so3_healpix_grid
 from cryopose.geometry.distance import geodesic_distance
@@ -18,6 +22,35 @@ from cryopose.models.so3 import (
     spherical_harmonics,
     wigner_d,
 )
+
+
+@pytest.mark.parametrize("lmax", [0, 1, 2, 6, 8, 12])
+def test_harmonics_and_wigner_d_equal_e3nn(lmax: int) -> None:
+    """The models were first trained with e3nn 0.6's basis; cryopose computes the same basis
+    without importing it. e3nn's Wigner-D comes from float32 tables (about 1e-5 off)."""
+    gen = torch.Generator().manual_seed(lmax)
+    u = torch.randn(2000, 3, generator=gen, dtype=torch.float64)
+    ref = o3.spherical_harmonics(list(range(lmax + 1)), u, True, normalization="integral")
+    assert torch.allclose(spherical_harmonics(u, lmax), ref, rtol=0, atol=1e-12)
+    R = random_rotations(50, generator=gen, dtype=torch.float64)
+    for ell, D in enumerate(wigner_d(R, lmax)):
+        assert D.dtype == torch.float64
+        assert torch.allclose(D, o3.Irrep(ell, 1).D_from_matrix(R), rtol=0, atol=2e-5)
+    # float32 in, float32 out, still within float32 rounding of the float64 result.
+    D32 = wigner_d(R.float(), lmax)[-1]
+    assert D32.dtype == torch.float32
+    assert torch.allclose(D32.double(), wigner_d(R, lmax)[-1], rtol=0, atol=1e-5)
+
+
+def test_pose_commands_do_not_import_e3nn() -> None:
+    """e3nn's import brings torch._dynamo (1.3 s at every start of a pose command)."""
+    code = (
+        "import sys, torch, cryopose.pose.pipeline, cryopose.models.so3;"
+        "from cryopose.models.so3 import SO3Grid; SO3Grid(2, 4);"
+        "print(sorted(m for m in ('e3nn', 'torch._dynamo') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_harmonics_are_orthonormal_on_the_sphere() -> None:
