@@ -33,8 +33,13 @@ def infer(
     ] = False,
     num_workers: Annotated[int, typer.Option(help="Image-reading worker processes.")] = 0,
     top_k: Annotated[
-        int, typer.Option(help="Most probable grid cells written (cryoposeTopKIndices).")
-    ] = 10,
+        int,
+        typer.Option(
+            help="Most probable grid cells written (cryoposeTopKIndices): the starts "
+            "`cryopose refine` tries. 100 as in `cryopose pipeline`; with 10 a young "
+            "network's maps are worse (6.9 instead of 4.4 A in benchmarks/bench_pipeline.py)."
+        ),
+    ] = 100,
     tta: Annotated[
         int,
         typer.Option(

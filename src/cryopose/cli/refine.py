@@ -59,8 +59,12 @@ def refine(
         Path | None, typer.Option(help="Folder to look for the stacks in first.")
     ] = None,
     candidates: Annotated[
-        int, typer.Option(help="Network top-k poses tried as starts (0: only the pose).")
-    ] = 10,
+        int,
+        typer.Option(
+            help="Network top-k poses tried as starts (0: only the pose; default as "
+            "`cryopose pipeline`)."
+        ),
+    ] = 100,
     batch_size: Annotated[int, typer.Option(help="Particles matched at once.")] = 16,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:

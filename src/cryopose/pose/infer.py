@@ -178,7 +178,7 @@ def infer_poses(
     out_star: str | Path | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
-    top_k: int = 10,
+    top_k: int = 100,
     num_workers: int = 0,
     progress: bool = True,
     write_top1: bool = False,

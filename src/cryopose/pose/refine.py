@@ -174,7 +174,8 @@ class RefineConfig:
         candidates put 66 / 86 / 91 / 94% of the particles within 10 degrees and the map at
         6.9 / 4.6 / 4.4 / 4.4 A (FSC 0.5 against the true map) in 10.0 / 10.9 / 13.1 / 20.1 s
         for the whole ``cryopose pipeline``. ``cryopose pipeline`` asks the network for as
-        many; ``cryopose infer`` writes ``--top-k`` of them (10 by default).
+        many; ``cryopose infer --top-k`` and ``cryopose refine --candidates`` default to 100
+        too.
     coarse_resolution_angst
         Low-pass (Angstrom) of the candidate ranking and of the coarse pass when a fine pass
         follows (the coarser of this and ``resolution_angst``); the fine pass, whose
