@@ -109,18 +109,24 @@ class Projector:
         g = self._grid_input[0, :, :p, :p]
         return torch.complex(g[0], g[1])
 
-    def _sample(self, q: torch.Tensor) -> torch.Tensor:
-        """Trilinear samples of the volume rfft at xyz frequencies ``q`` ``(..., 3)``."""
+    def _sample(self, k: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        """Trilinear samples ``(N, M)`` of the volume rfft at ``A^T k`` for every rotation.
+
+        ``k`` is ``(M, 3)`` xyz image frequencies and ``rotations`` the ``(N, 3, 3)`` matrices
+        ``A`` (image frequency ``k`` samples the volume at ``A^T k``: row vector ``k @ A``).
+        """
         p = self.padded_size
         wr = p // 2 + 1
-        # Only x >= 0 is stored: use Friedel symmetry F(-k) = conj F(k) for the other half.
-        sign = torch.where(q[..., :1] < 0, -1.0, 1.0).to(q.dtype)
         # grid_sample (align_corners=True) maps -1..1 to the first..last index of each axis,
         # and takes (x, y, z) = (last, middle, first) axis coordinates: index i of an axis of
         # n samples is 2 i / (n - 1) - 1, with i = p * kx (x, from 0) or p * k + p // 2 (y, z).
-        scale = q.new_tensor([2.0 * p / (wr - 1), 2.0, 2.0])
-        offset = q.new_tensor([-1.0, 2.0 * (p // 2) / p - 1.0, 2.0 * (p // 2) / p - 1.0])
-        grid = torch.addcmul(offset, q, sign * scale)
+        # The positive per-axis scale is folded into the rotations' columns.
+        scale = rotations.new_tensor([2.0 * p / (wr - 1), 2.0, 2.0])
+        offset = rotations.new_tensor([-1.0, 2.0 * (p // 2) / p - 1.0, 2.0 * (p // 2) / p - 1.0])
+        q = k @ (rotations * scale)  # (N, M, 3)
+        # Only x >= 0 is stored: use Friedel symmetry F(-k) = conj F(k) for the other half.
+        sign = torch.where(q[..., :1] < 0, -1.0, 1.0).to(q.dtype)  # (N, M, 1)
+        grid = torch.addcmul(offset, q, sign)
         out = F.grid_sample(
             self._grid_input,
             grid.reshape(1, 1, 1, -1, 3),
@@ -176,13 +182,12 @@ class Projector:
             raise ValueError(f"slice box must be between 1 and {self.size}, got {box}")
         inside, k = self._sample_points(d, kmax)
         rot = rotations.to(device=self.device, dtype=self.dtype)
-        # Image frequency k samples the volume at A^T k: row vector k @ A.
-        q = k @ rot  # (N, M, 3)
+        n = rot.shape[0]
         out = torch.zeros(
-            (rot.shape[0], d, d // 2 + 1), dtype=_complex_dtype(self.dtype), device=self.device
+            (n, d * (d // 2 + 1)), dtype=_complex_dtype(self.dtype), device=self.device
         )
-        out[:, inside] = self._sample(q)
-        return out
+        out.index_copy_(1, inside.flatten().nonzero()[:, 0], self._sample(k, rot))
+        return out.view(n, d, d // 2 + 1)
 
     def project(
         self,
