@@ -13,7 +13,12 @@ across, a homodimer that is processed as C1 as in the developers' PEERS notes) a
    ``cryopares_infer`` with its local refinement and reconstruction. Each tool uses a small
    model trained on the previous experiment beforehand; training is not part of this row.
    cryoPARES trains for ``peer_minutes`` only (speed only: its network's speed does not
-   depend on how well it learned).
+   depend on how well it learned). ``--peer-architecture default`` measures cryoPARES with
+   its own default network instead (123 M parameters, a 10 GB checkpoint; the architecture
+   a user gets without overrides): it trains for ``peer_minutes`` too, its scripted-model
+   export is killed for lack of memory (see ``bench_pose.cryopares_train``), and it refines
+   against the same map of the previous experiment as cryopose (it has no reconstruction of
+   its own). Its row sits next to the small model's.
 2. **Wall time to the same resolution** as RELION 3.1 auto-refine on the new experiment
    (``relion_refine_mpi`` from a 40 A low-pass of the true map, the command of the PEERS
    notes, 3 MPI ranks, one thread each). cryopose: the same pipeline run (network poses,
@@ -503,8 +508,21 @@ def stream_throughput(
 # ----------------------------------------------------------------------------- cryoPARES
 
 
+#: ``--peer-architecture``: cryoPARES's ``--config`` overrides. "small" is bench_pose's CPU
+#: model (the size of cryopose's network); "default" keeps cryoPARES's own architecture.
+PEER_CONFIGS: dict[str, list[str]] = {
+    "small": CRYOPARES_CONFIG,
+    "default": [c for c in CRYOPARES_CONFIG if not c.startswith("models.")],
+}
+
+
 def cryopares_pipeline(
-    data: Data, sizes: Sizes, rerun: bool, remeasure: bool = False
+    data: Data,
+    sizes: Sizes,
+    rerun: bool,
+    remeasure: bool = False,
+    architecture: str = "small",
+    reference: Path | None = None,
 ) -> dict[str, Any]:
     """Short cryoPARES training on the previous experiment, then its full inference pipeline.
 
@@ -512,14 +530,19 @@ def cryopares_pipeline(
     default grid, smaller than cryopose's +-6 deg coarse + +-2 deg fine passes) and the
     reconstruction. Cached like bench_pose's peer runs (``--rerun-peer`` to redo;
     ``remeasure`` times the inference of the cached model again, e.g. at another load).
+    ``architecture`` picks :data:`PEER_CONFIGS`; ``reference`` is the map of its local
+    refinement (default: its own reconstruction of the previous experiment).
     """
-    settings = {
+    config = PEER_CONFIGS[architecture]
+    settings: dict[str, Any] = {
         "bench": "pipeline",
         "data": data.params(),
         "train": str(data.train),
         "peer_minutes": sizes.peer_minutes,
-        "config": CRYOPARES_CONFIG,
+        "config": config,
     }
+    if reference is not None:
+        settings["reference"] = str(reference)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     work = cache_root() / f"cryopares_pipeline_{key}"
     result_file = work / "result.json"
@@ -534,12 +557,17 @@ def cryopares_pipeline(
     if train is None:
         print(f"cryoPARES: training for {sizes.peer_minutes} min ({loadavg()})", file=sys.stderr)
         pose_data = Dataset(data.train, data.test, data.test)
-        train = cryopares_train(pose_data, work, sizes.peer_minutes, box=BOX, angpix=ANGPIX)
+        train = cryopares_train(
+            pose_data, work, sizes.peer_minutes, box=BOX, angpix=ANGPIX, config=config
+        )
     load_before = loadavg()
-    run, pred = cryopares_infer(data.test, train["checkpoint_dir"], work / "pipeline", skip=())
+    run, pred = cryopares_infer(
+        data.test, train["checkpoint_dir"], work / "pipeline", skip=(), reference_map=reference
+    )
     n_test = len(read_particles(data.test))
     result = {
         "settings": settings,
+        "architecture": architecture,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "train": train,
@@ -581,6 +609,12 @@ def main() -> None:
         "--remeasure-peer", action="store_true", help="time cryoPARES's cached model again"
     )
     parser.add_argument("--rerun-peer", action="store_true", help="ignore cryoPARES's cache")
+    parser.add_argument(
+        "--peer-architecture",
+        choices=sorted(PEER_CONFIGS),
+        default="small",
+        help="cryoPARES's network: the small CPU model or its own default (123 M parameters)",
+    )
     parser.add_argument("--retrain", action="store_true", help="retrain the cryopose model")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -589,26 +623,34 @@ def main() -> None:
     if args.relion_only:
         print(json.dumps(relion_autorefine(data, args.rerun_relion), indent=2))
         return
-    if args.peer_only:
-        peer_only = cryopares_pipeline(data, sizes, args.rerun_peer, args.remeasure_peer)
-        print(json.dumps(peer_only, indent=2))
-        return
     work = cache_root() / f"cryopose_pipeline_{sizes.label}_{sizes.train_minutes:g}min"
     if args.retrain:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    # The default architecture has no map of its own: it gets cryopose's (trained first).
+    default_peer = args.peer_architecture == "default"
+    peer_reference = work / "train_map.mrc" if default_peer else None
+
+    def peer_run() -> dict[str, Any]:
+        return cryopares_pipeline(
+            data, sizes, args.rerun_peer, args.remeasure_peer, args.peer_architecture,
+            peer_reference,
+        )  # fmt: skip
+
+    if args.peer_only and not default_peer:
+        print(json.dumps(peer_run(), indent=2))
+        return
     train = train_model(data, sizes, work)
+    if args.peer_only:
+        print(json.dumps(peer_run(), indent=2))
+        return
     print(f"cryopose train: {json.dumps(train)}", file=sys.stderr)
     ours = cryopose_pipeline(data, work, JUNK_FRACTION)
     print(f"cryopose pipeline: {json.dumps(ours)}", file=sys.stderr)
     streams = [stream_throughput(data, work, sizes, JUNK_FRACTION, threads) for threads in (1, 2)]
     for stream in streams:
         print(f"cryopose stream: {json.dumps(stream)}", file=sys.stderr)
-    peer = (
-        None
-        if args.quick
-        else cryopares_pipeline(data, sizes, args.rerun_peer, args.remeasure_peer)
-    )
+    peer = None if args.quick else peer_run()
     if peer is not None:
         print(f"cryoPARES pipeline: {json.dumps(peer)}", file=sys.stderr)
     relion: dict[str, Any] | None = None
@@ -651,18 +693,40 @@ def rows(
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in ours["stage_seconds"].items())
     mine = ours["particles_per_s"]
     theirs = None if peer is None else peer["particles_per_s"]
+    what = (
+        f"full pipeline particles/s (network + pruning + local refinement + half-map "
+        f"reconstruction, start-up included), {data}"
+    )
+    peer_text = "n/a" if theirs is None else f"cryoPARES {theirs:.2f} particles/s"
+    peer_command = command
+    if peer is not None and peer.get("architecture", "small") == "default":
+        peer_command += " --no-relion --peer-architecture default"
+        what += (
+            f"; cryoPARES with its default architecture, trained {sizes.peer_minutes:g} min "
+            "beforehand (speed only), refining against cryopose's map of the previous "
+            "experiment"
+        )
+        ptrain = peer["train"]
+        peer_text += (
+            f" (default network, {ptrain.get('total_params') or '?'} parameters, checkpoint "
+            f"{ptrain['checkpoint_mb'] / 1e3:.1f} GB, peak memory "
+            f"{peer['peak_rss_mb'] / 1e3:.1f} GB; its scripted-model export "
+            f"{ptrain.get('script_export', 'done')})"
+        )
+    else:
+        what += (
+            f"; small models trained beforehand (cryoPARES {sizes.peer_minutes:g} min, speed only)"
+        )
     out = [
         Row(
             "pose pipeline",
-            f"full pipeline particles/s (network + pruning + local refinement + half-map "
-            f"reconstruction, start-up included), {data}; small models trained beforehand "
-            f"(cryoPARES {sizes.peer_minutes:g} min, speed only)",
+            what,
             f"{mine:.1f} particles/s as one `cryopose pipeline` command ({stages}); as 4 "
             f"commands (infer, prune, refine, reconstruct) "
             f"{ours['four_commands_particles_per_s']:.1f} particles/s",
-            "n/a" if theirs is None else f"cryoPARES {theirs:.2f} particles/s",
+            peer_text,
             None if theirs is None else mine / theirs,
-            command,
+            peer_command,
         )
     ]
     res = quality(ours)

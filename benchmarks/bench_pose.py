@@ -181,14 +181,18 @@ class Run:
     seconds: float
     peak_rss_mb: float
     lines: list[tuple[float, str]] = field(default_factory=list)
+    returncode: int = 0
 
 
-def run_logged(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Run:
+def run_logged(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, check: bool = True
+) -> Run:
     """Run ``cmd``, stream its output (stdout + stderr) to ``log`` and time every line.
 
     Progress bars rewrite their line with carriage returns; each rewrite is kept as a line.
     The peak RSS is the largest resident set of any process of the tree (Linux ``wait4``
-    reports the maximum over the child and the descendants it waited for).
+    reports the maximum over the child and the descendants it waited for). A failed command
+    ends the benchmark unless ``check`` is false (the caller then reads ``returncode``).
     """
     start = time.perf_counter()
     lines: list[tuple[float, str]] = []
@@ -211,10 +215,15 @@ def run_logged(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> 
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join(text for _, text in lines[-25:])
-        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}\nlog: {log}")
-    return Run(seconds, usage.ru_maxrss / 1024.0, lines)
+    if proc.returncode != 0 and check:
+        sys.exit(failure(cmd, log, Run(seconds, 0.0, lines, proc.returncode)))
+    return Run(seconds, usage.ru_maxrss / 1024.0, lines, proc.returncode)
+
+
+def failure(cmd: list[str], log: Path, run: Run) -> str:
+    """The message of a failed command: its exit code, its last 25 lines and its log."""
+    tail = "\n".join(text for _, text in run.lines[-25:])
+    return f"command failed ({run.returncode}): {' '.join(cmd)}\n{tail}\nlog: {log}"
 
 
 def median_mean_error(true_star: Path, pred_star: Path) -> dict[str, float]:
@@ -314,11 +323,23 @@ def epoch_speed(events_file: Path) -> tuple[int, float]:
 
 
 def cryopares_train(
-    data: Dataset, work: Path, max_minutes: float, box: int = BOX, angpix: float = ANGPIX
+    data: Dataset,
+    work: Path,
+    max_minutes: float,
+    box: int = BOX,
+    angpix: float = ANGPIX,
+    config: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train the small CPU model for ``max_minutes``; return speed, memory, checkpoint size.
+    """Train for ``max_minutes``; return speed, memory, checkpoint size.
 
-    ``box`` and ``angpix`` are the network's input (the particles' own sampling).
+    ``box`` and ``angpix`` are the network's input (the particles' own sampling); ``config``
+    the ``--config`` overrides (default :data:`CRYOPARES_CONFIG`, the small CPU model).
+    cryoPARES ends its training by loading the best checkpoint again and exporting it with
+    ``torch.jit.script``; with its default architecture (a 10 GB checkpoint) that step is
+    killed for lack of memory on this 24 GB machine. Such a run is kept (``script_export``
+    says so): its checkpoint is complete, and ``cryopares_infer`` loads the checkpoint when
+    the scripted model is missing. It then has no reconstruction of its training set, so
+    its inference needs ``reference_map``.
     """
     save_dir = work / "train"
     shutil.rmtree(save_dir, ignore_errors=True)
@@ -327,14 +348,26 @@ def cryopares_train(
     cmd += ["--train_save_dir", str(save_dir), "--image_size_px_for_nnet", str(box)]
     cmd += ["--sampling_rate_angs_for_nnet", str(angpix), "--NOT_split_halves"]
     cmd += ["--batch_size", str(BATCH_SIZE), "--num_dataworkers", "1", "--n_epochs", "100"]
-    cmd += ["--config", *CRYOPARES_CONFIG]
+    cmd += ["--config", *(CRYOPARES_CONFIG if config is None else config)]
     total = int(max_minutes * 60)
     env = dict(
         ONE_THREAD,
         PL_TRAINER_MAX_TIME=f"00:{total // 3600:02d}:{total // 60 % 60:02d}:{total % 60:02d}",
     )
     load_before = loadavg()
-    run = run_logged(cmd, work / "train.log", env)
+    run = run_logged(cmd, work / "train.log", env, check=False)
+    script_export = "done"
+    if run.returncode != 0:
+        said = [text for _, text in run.lines]
+        saving = [i for i, text in enumerate(said) if "Trained finished. Saving model" in text]
+        best_ckpt = sorted(save_dir.glob("version_*/allParticles/checkpoints/best.ckpt"))
+        if not saving or not best_ckpt or any("Traceback" in t for t in said[saving[-1] :]):
+            sys.exit(failure(cmd, work / "train.log", run))
+        script_export = f"killed (exit {run.returncode}) while scripting the best model"
+        print(f"cryoPARES: {script_export}; inference loads the checkpoint", file=sys.stderr)
+    # Lightning's model summary: "Total params: 123 M" (bold in ANSI codes).
+    plain = (re.sub(r"\x1b\[[0-9;]*m", "", text) for _, text in run.lines)
+    params = [m.group(1) for t in plain if (m := re.search(r"Total params: *([\d.]+ ?\w?)", t))]
     epochs, batches, step_seconds = train_speed(run.lines)
     fit = [t for t, text in run.lines if "Training starts" in text or "Trained finished" in text]
     version = sorted(save_dir.glob("version_*"))[-1]
@@ -365,6 +398,8 @@ def cryopares_train(
         "checkpoint_mb": best.stat().st_size / 1e6,
         "script_model_mb": script.stat().st_size / 1e6 if script.exists() else None,
         "train_particles": n_train,
+        "total_params": params[-1] if params else None,
+        "script_export": script_export,
         "load": f"{load_before} -> {loadavg()}",
     }
 
@@ -374,11 +409,13 @@ def cryopares_infer(
     checkpoint_dir: str,
     results: Path,
     skip: tuple[str, ...] = ("--skip_localrefinement", "--skip_reconstruction"),
+    reference_map: Path | None = None,
 ) -> tuple[Run, Path]:
     """Prediction of ``star``; return the run and the predicted star file.
 
     ``skip``: the stages left out (default: network only; ``()`` runs cryoPARES's whole
-    pipeline: network, local refinement and reconstruction).
+    pipeline: network, local refinement and reconstruction). ``reference_map``: the map of
+    the local refinement (default: the model's reconstruction of its training set).
     """
     shutil.rmtree(results, ignore_errors=True)
     cmd = [peer_bin("cryopares_infer"), "--particles_star_fname", str(star)]
@@ -387,6 +424,8 @@ def cryopares_infer(
     cmd += ["--model_halfset", "allParticles", "--NOT_use_cuda", "--n_cpus_if_no_cuda", "1"]
     cmd += ["--num_dataworkers", "1", "--batch_size", str(BATCH_SIZE)]
     cmd += list(skip)
+    if reference_map is not None:
+        cmd += ["--reference_map", str(reference_map)]
     run = run_logged(cmd, results.with_suffix(".log"))
     stars = sorted(results.glob("*.star"))
     if len(stars) != 1:
