@@ -20,6 +20,12 @@ on the training tomograms (``--classifier-n-train``: that many, simulating the e
 the next seeds; simulation is seconds per tomogram) for M minutes (counted in the compute)
 and lets it name the picks; the tables of the U-Net's own classes are printed too.
 
+``--assembly deposited`` simulates every tomogram (training and test) with each model's
+asymmetric unit instead of its biological assembly (:mod:`cryopose.simulate.tomogram`): the
+masses SHREC's table lists, so that 3gl1 (85 kDa) is no longer a 39 kDa twin of 1s3x (43 kDa,
+the same Hsp70 fold) and 3d2f is as heavy as its medium size group says. Its folders and
+model get a ``_deposited`` suffix and its row names the choice.
+
 After training, :func:`cryopose.tomo.picker.calibrate_picker` chooses the post-processing
 (smoothed-foreground peaks or connected components) and its score threshold on the training
 tomograms; ``--reuse-model`` skips the training (and the calibration, when the model has one;
@@ -92,6 +98,12 @@ def _args() -> argparse.Namespace:
         default=None,
         help="tomograms the classifier trains on (default --n-train; more are simulated)",
     )
+    parser.add_argument(
+        "--assembly",
+        choices=("biological", "deposited"),
+        default="biological",
+        help="what each PDB model contributes to the simulation (and the templates)",
+    )
     parser.add_argument("--no-tm", action="store_true", help="skip template matching")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (core-h basis)")
     parser.add_argument(
@@ -105,9 +117,15 @@ def _args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _simulate(folder: Path, size: int, seed: int, snr: float) -> Path:
+def _simulate(root: Path, args: argparse.Namespace, seed: int) -> Path:
+    """The tomogram of ``seed`` with the run's size, SNR and assembly (simulated once)."""
+    tag = "" if args.assembly == "biological" else f"_{args.assembly}"
+    folder = root / f"s{args.size}_seed{seed}_snr{args.snr}{tag}"
     if not (folder / "reconstruction.mrc").is_file():
-        simulate_tomogram(folder, size=size, seed=seed, snr=snr, progress=False)
+        simulate_tomogram(
+            folder, size=args.size, seed=seed, snr=args.snr, progress=False,
+            assembly=args.assembly,
+        )  # fmt: skip
     return folder
 
 
@@ -116,15 +134,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(machine())
     args.work.mkdir(parents=True, exist_ok=True)
-    train_dirs = [
-        _simulate(args.work / f"s{args.size}_seed{TRAIN_SEEDS + k}_snr{args.snr}", args.size,
-                  TRAIN_SEEDS + k, args.snr)
-        for k in range(args.n_train)
-    ]  # fmt: skip
-    test_dir = _simulate(
-        args.tm_work / f"s{args.size}_seed{SEED}_snr{args.snr}", args.size, SEED, args.snr
-    )
-    model_dir = args.work / f"unet_s{args.size}_snr{args.snr}_n{args.n_train}"
+    train_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(args.n_train)]
+    test_dir = _simulate(args.tm_work, args, SEED)
+    tag = "" if args.assembly == "biological" else f"_{args.assembly}"
+    model_dir = args.work / f"unet_s{args.size}_snr{args.snr}_n{args.n_train}{tag}"
     config = TrainConfig(epochs=args.epochs, patch=args.patch, lr=args.lr)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     logged_s = 0.0
@@ -147,11 +160,7 @@ def main() -> None:
         logged_s += float(history[-1]["elapsed_s"]) if history else 0.0
     elif args.classifier_minutes > 0:
         n_cls = args.classifier_n_train or args.n_train
-        cls_dirs = [
-            _simulate(args.work / f"s{args.size}_seed{TRAIN_SEEDS + k}_snr{args.snr}",
-                      args.size, TRAIN_SEEDS + k, args.snr)
-            for k in range(n_cls)
-        ]  # fmt: skip
+        cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
         train_picker_classifier(cls_dirs, model_dir, max_minutes=args.classifier_minutes)
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
@@ -190,7 +199,7 @@ def main() -> None:
     )
     tm_text = "TM not run"
     if not args.no_tm:
-        templates = load_templates(angpix=angpix)
+        templates = load_templates(angpix=angpix, assembly=args.assembly)
         wall0 = time.perf_counter()
         result = match_tomogram(tomo, templates, MatchConfig(), angpix)
         tm_wall = time.perf_counter() - wall0
@@ -214,10 +223,14 @@ def main() -> None:
         trained += f" + crop classifier {args.classifier_minutes:g} min on {n_cls} tomos"
         trained += f"; U-Net classes alone: small F1 {unet_only.size_group_f1['small']:.3f}"
     z, y, x = tomo.shape
+    units = ""
+    if args.assembly != "biological":
+        options += f" --assembly {args.assembly}"
+        units = ", asymmetric units (SHREC's masses)"
     emit(
         Row(
             area="cryo-ET",
-            name=f"U-Net picking, SNR {args.snr}, {x}x{y}x{z}",
+            name=f"U-Net picking, SNR {args.snr}, {x}x{y}x{z}{units}",
             cryopose=(
                 f"F1 {unet.f1:.3f}, small F1 {small:.3f}; {unet_core_h:.3f} core-h "
                 f"({trained}); same tomo {tm_text}"

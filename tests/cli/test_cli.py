@@ -270,3 +270,15 @@ def test_tomo_simulate_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixtur
     }
     assert result["f1"] == 1.0
     assert result["tp"] == len(truth) - sum("fiducial" in t or "vesicle" in t for t in truth)
+
+
+def test_tomo_simulate_assembly_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--assembly deposited`` reaches the simulation; an unknown choice is a clear error."""
+    args = ["tomo", "simulate", "-o", str(tmp_path / "t"), "--size", "32", "--n-tilts", "5"]
+    code, _, err = run([*args, "--n-particles", "3", "--assembly", "deposited"], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "t" / "simulation.json").read_text())["config"]
+    assert config["assembly"] == "deposited"
+    code, _, err = run(["tomo", "simulate", "-o", str(tmp_path / "u"), "--assembly", "x"], capsys)
+    assert code != 0
+    assert "assembly" in err

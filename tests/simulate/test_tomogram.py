@@ -11,6 +11,7 @@ import torch
 from scipy.ndimage import affine_transform
 from scipy.spatial.transform import Rotation
 
+from cryopose.errors import InputError
 from cryopose.evaluation.shrec import SHREC_CLASS_MASS_KDA, evaluate_picks, load_truth
 from cryopose.io.mrc import read_map, write_map
 from cryopose.io.picks import read_picks
@@ -196,3 +197,46 @@ def test_potential_per_kda_constant(data_dir: Path) -> None:
     dens = density_from_file(path, 10.0)
     mass = structure_summary(path)["mass_kda"]
     assert abs(float(dens.sum()) / mass / POTENTIAL_PER_KDA - 1.0) < 0.02
+
+
+def test_deposited_assembly_is_the_asymmetric_unit(data_dir: Path) -> None:
+    """``assembly="deposited"`` places the entry's chains (SHREC's mass table), the default
+    its biological assembly 1: 3qm1's asymmetric unit is one 31 kDa chain, assembly 1 a dimer.
+    """
+    path = data_dir / "structures" / "3qm1.pdb.gz"
+    deposited = float(load_class_density(path, assembly="deposited").density.sum())
+    biological = float(load_class_density(path).density.sum())
+    chains_kda = structure_summary(path)["mass_kda"]
+    assert abs(deposited / POTENTIAL_PER_KDA / chains_kda - 1.0) < 0.02
+    # RCSB's weight also counts residues without coordinates and ligands: 12 % more here.
+    assert abs(deposited / POTENTIAL_PER_KDA / SHREC_CLASS_MASS_KDA["3qm1"] - 1.0) < 0.15
+    assert 1.6 < biological / deposited < 2.2
+    # A model without an assembly record, and a map, are the same either way.
+    one = data_dir / "structures" / "1s3x.pdb.gz"
+    assert torch.equal(
+        load_class_density(one, assembly="deposited").density, load_class_density(one).density
+    )
+    with pytest.raises(ValueError, match="assembly"):
+        load_class_density(path, assembly="assembly1")
+
+
+def test_simulation_records_assembly(tmp_path: Path) -> None:
+    """The choice is saved in simulation.json; an unknown one is refused before any work."""
+    out = simulate_tomogram(
+        tmp_path / "t",
+        size=32,
+        thickness=16,
+        seed=1,
+        structures_dir=DATA / "structures",
+        classes=["3qm1"],
+        n_particles=3,
+        progress=False,
+        n_fiducials=0,
+        n_vesicles=0,
+        assembly="deposited",
+    )
+    config = json.loads((out / "simulation.json").read_text())["config"]
+    assert config["assembly"] == "deposited"
+    with pytest.raises(InputError, match="assembly"):
+        simulate_tomogram(tmp_path / "u", size=32, assembly="dimer", progress=False)
+    assert not (tmp_path / "u").exists()

@@ -181,6 +181,19 @@ def test_symmetry_frames_of_symmetric_classes(templates: dict[str, object]) -> N
     assert t.symmetry == "C1"
 
 
+def test_templates_of_deposited_units(templates: dict[str, object]) -> None:
+    """Templates follow the simulation's ``assembly``: 1bxn's asymmetric unit is half of the
+    D4 Rubisco complex, so it has half the potential and no D4 symmetry (C1 template)."""
+    from cryopose.tomo.templates import Template
+
+    half = load_templates(["1bxn"], assembly="deposited")[0]
+    full = templates["1bxn"]
+    assert isinstance(full, Template)
+    assert half.symmetry == "C1"
+    ratio = float(half.density.sum() / full.density.sum())
+    assert 0.45 < ratio < 0.55, ratio
+
+
 def _geodesic_deg(a: torch.Tensor, b: torch.Tensor, symmetry: str) -> float:
     group = symmetry_group(symmetry)
     cos = ((torch.einsum("ij,gij->g", a, b @ group) - 1.0) / 2.0).clamp(-1.0, 1.0)

@@ -36,6 +36,13 @@ def simulate(
     n_particles: Annotated[
         int | None, typer.Option(help="Particles to place (default scales with the volume).")
     ] = None,
+    assembly: Annotated[
+        str,
+        typer.Option(
+            help="What each PDB model contributes: 'biological' (assembly 1) or 'deposited' "
+            "(the asymmetric unit, the masses SHREC's table lists)."
+        ),
+    ] = "biological",
 ) -> None:
     """Simulate one SHREC-style tomogram folder (reconstruction, ground truth, particle list).
 
@@ -44,7 +51,13 @@ def simulate(
     from cryopose.simulate.tomogram import simulate_tomogram
 
     folder = simulate_tomogram(
-        output, size=size, seed=seed, snr=snr, n_tilts=n_tilts, n_particles=n_particles
+        output,
+        size=size,
+        seed=seed,
+        snr=snr,
+        n_tilts=n_tilts,
+        n_particles=n_particles,
+        assembly=assembly,
     )
     typer.echo(
         f"wrote {folder}: reconstruction.mrc, grandmodel.mrc, class_mask.mrc, "
@@ -143,6 +156,13 @@ def match(
     ] = 1,
     coarse_order: Annotated[int, typer.Option(help="HEALPix SO(3) order of the coarse grid.")] = 1,
     device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+    assembly: Annotated[
+        str,
+        typer.Option(
+            help="Templates from each model's 'biological' assembly 1 or its 'deposited' "
+            "asymmetric unit (as the tomogram was simulated)."
+        ),
+    ] = "biological",
 ) -> None:
     """Find particles by template matching (FLCF, coarse-to-fine over SO(3), CTF and wedge).
 
@@ -165,6 +185,7 @@ def match(
         n_per_class=n_per_class,
         device=device,
         progress=lambda name: typer.echo(f"matching {name}", err=True),
+        assembly=assembly,
     )
     typer.echo(f"wrote {output}: {len(picks)} picks in {result.seconds:.1f} s")
 

@@ -114,10 +114,11 @@ SHREC2020_CLASSES: tuple[str, ...] = (
 #: Molecular weight in kDa of each class, RCSB "total structure weight" of the deposited entry
 #: (its asymmetric unit). They reproduce the SHREC 2021 script's small/medium/large ordering of
 #: the 12 classes, so the size groups, and the scores per group, compare with SHREC's tables.
-#: What :mod:`cryopose.simulate.tomogram` places differs for some classes: it builds biological
-#: assembly 1 where the file defines one (measured masses of its densities: 3gl1 39, 3qm1 55,
-#: 3h84 135, 3d2f 103, 3cf3 453, 1bxn 481, 1qvr 513 kDa), so in its tomograms 3d2f is as
-#: heavy as a small protein while it is scored in the medium group. For the 10 with a model file
+#: What :mod:`cryopose.simulate.tomogram` places by default differs for some classes: it builds
+#: biological assembly 1 where the file defines one (measured masses of its densities: 3gl1 39,
+#: 3qm1 55, 3h84 135, 3d2f 103, 3cf3 453, 1bxn 481, 1qvr 513 kDa), so in its tomograms 3d2f is
+#: as heavy as a small protein while it is scored in the medium group; ``assembly="deposited"``
+#: places the asymmetric units this table lists. For the 10 with a model file
 #: gemmi's SEQRES mass of the file is 0.3-6 % lower (no ligands or waters) and falls in the same
 #: size group (tests check 1s3x, 3qm1, 1bxn, 3cf3, 3j9i); 4cr2 and 5mrc have no local model and
 #: are unverified. 3j9i is gemmi's SEQRES mass of its 28 chains (the whole D7 complex).

@@ -23,10 +23,15 @@ Sample ("grandmodel")
 * Size ``(Z, Y, X) = (thickness, size, size)`` voxels of 10 A; by default ``thickness =
   round(size * 200 / 512)`` (SHREC: 512 x 512 x 200).
 * Class densities: each class's Coulomb potential at 10 A per voxel (voxel-averaged, see
-  :mod:`cryopose.simulate.density`) of its biological assembly 1 (``REMARK 350 BIOMT``) when
-  the file defines one, else of the deposited chains; computed once per class. (The SHREC
-  mass table that sets the evaluation's size groups lists asymmetric units, so some simulated
-  masses differ from it: see :data:`cryopose.evaluation.shrec.SHREC_CLASS_MASS_KDA`.) A class given
+  :mod:`cryopose.simulate.density`), computed once per class, of its biological assembly 1
+  (``REMARK 350 BIOMT``) when the file defines one, else of the deposited chains
+  (``assembly="biological"``, the default); or always of the deposited chains, the entry's
+  asymmetric unit (``assembly="deposited"``). The SHREC mass table that sets the
+  evaluation's size groups lists asymmetric units, so ``"deposited"`` places the masses
+  that table names (e.g. 3gl1 85 kDa, twice 1s3x, the Hsp70 domain of the same fold; as a
+  biological assembly it is one 39 kDa chain), while ``"biological"`` places what the
+  entries say the proteins are (see :data:`cryopose.evaluation.shrec.SHREC_CLASS_MASS_KDA`
+  for the masses of both). A class given
   as a map (``.mrc``, e.g. 4cr2) is resampled to 10 A if needed, cropped around its centre of
   mass, and scaled so that its integral equals :data:`POTENTIAL_PER_KDA` times the class mass
   (:data:`cryopose.evaluation.shrec.SHREC_CLASS_MASS_KDA`), as for the atomic classes; a map
@@ -149,6 +154,7 @@ from cryopose.simulate.density import density_from_file
 
 __all__ = [
     "ANGPIX",
+    "ASSEMBLIES",
     "DEFAULT_CLASSES",
     "POTENTIAL_PER_KDA",
     "PROTEIN_INTERIOR_V",
@@ -190,6 +196,10 @@ _MAP_SUFFIXES = (".mrc", ".map", ".mrc.gz", ".map.gz")
 _SHREC_VOXELS = 512 * 512 * 200
 _NON_PROTEIN = ("fiducial", "vesicle")
 
+#: What a class model contributes (:func:`load_class_density`): its biological assembly 1, or
+#: its deposited chains (the asymmetric unit, what SHREC's mass table lists).
+ASSEMBLIES = ("biological", "deposited")
+
 Advance = Callable[[int], None]
 
 
@@ -226,6 +236,9 @@ class TomogramConfig:
         Electrons per A^2 per tilt for dose attenuation; ``None`` for none.
     phase_flip
         Phase-flip the tilt images before the weighted back-projection.
+    assembly
+        ``"biological"`` (assembly 1 of each model) or ``"deposited"`` (its asymmetric
+        unit): :data:`ASSEMBLIES`.
     """
 
     size: int = 512
@@ -249,6 +262,7 @@ class TomogramConfig:
     structural_fraction: float = 0.5
     dose_per_tilt: float | None = None
     phase_flip: bool = True
+    assembly: str = "biological"
 
     def shape(self) -> tuple[int, int, int]:
         """``(Z, Y, X)`` of the volume."""
@@ -512,7 +526,9 @@ def _centre_crop(volume: torch.Tensor, threshold: float) -> torch.Tensor:
     return padded[sl[0], sl[1], sl[2]].contiguous()
 
 
-def load_class_density(path: str | Path, name: str | None = None) -> ClassDensity:
+def load_class_density(
+    path: str | Path, name: str | None = None, assembly: str = "biological"
+) -> ClassDensity:
     """Potential of one class at 10 A per voxel, from a model or a map (module docstring).
 
     Parameters
@@ -521,6 +537,10 @@ def load_class_density(path: str | Path, name: str | None = None) -> ClassDensit
         PDB/mmCIF model (optionally gzipped) or MRC map.
     name
         Class id; default from the file name.
+    assembly
+        For a model: ``"biological"`` builds its assembly 1 when it defines one, else keeps
+        the deposited chains; ``"deposited"`` always keeps the deposited chains. Maps are
+        used as they are.
 
     Returns
     -------
@@ -531,7 +551,11 @@ def load_class_density(path: str | Path, name: str | None = None) -> ClassDensit
     ------
     InputError
         Unreadable file or an empty map.
+    ValueError
+        ``assembly`` not one of :data:`ASSEMBLIES`.
     """
+    if assembly not in ASSEMBLIES:
+        raise ValueError(f"assembly must be one of {ASSEMBLIES}, got {assembly!r}")
     p = Path(path)
     cid = name if name is not None else _class_id(p)
     if _suffix(p) in _MAP_SUFFIXES:
@@ -540,7 +564,8 @@ def load_class_density(path: str | Path, name: str | None = None) -> ClassDensit
         has_assembly = bool(gemmi.read_structure(str(p)).assemblies)
     except (RuntimeError, ValueError) as exc:
         raise InputError(p, f"not a readable PDB/mmCIF file ({exc})") from exc
-    density = density_from_file(p, ANGPIX, assembly="1" if has_assembly else None)
+    build = "1" if has_assembly and assembly == "biological" else None
+    density = density_from_file(p, ANGPIX, assembly=build)
     return ClassDensity(cid, density.to(torch.float32), str(p))
 
 
@@ -970,13 +995,15 @@ def simulate_tomogram(
     )
     if size < 8 or config.shape()[0] < 4 or snr <= 0:
         raise InputError(None, f"need size >= 8, thickness >= 4, snr > 0; got {config}")
+    if config.assembly not in ASSEMBLIES:
+        raise InputError(None, f"assembly must be one of {ASSEMBLIES}, got {config.assembly!r}")
     dev = torch.device(device)
     files = find_structures(structures_dir, classes)
     generator = torch.Generator().manual_seed(seed)
     timings: dict[str, float] = {}
     with _progress_bar(progress) as task:
         t0 = time.perf_counter()
-        densities = [load_class_density(p, name) for name, p in files.items()]
+        densities = [load_class_density(p, name, config.assembly) for name, p in files.items()]
         timings["densities_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         n_target = n_particles if n_particles is not None else config.scaled_count(2000)

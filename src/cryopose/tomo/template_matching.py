@@ -1029,6 +1029,7 @@ def match_tomogram_file(
     structures_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[str], None] | None = None,
+    assembly: str = "biological",
 ) -> tuple[Picks, MatchResult]:
     """Match the bundled class templates against a tomogram file and write the picks.
 
@@ -1058,6 +1059,9 @@ def match_tomogram_file(
         Torch device.
     progress
         Called with each class id.
+    assembly
+        What each model contributes to its template, as in the simulation:
+        ``"biological"`` (assembly 1) or ``"deposited"`` (the asymmetric unit).
 
     Returns
     -------
@@ -1077,7 +1081,11 @@ def match_tomogram_file(
     volume, angpix = read_map(path)
     if volume.dim() != 3:
         raise InputError(path, f"expected a 3D tomogram, got shape {tuple(volume.shape)}")
-    templates = load_templates(classes, angpix=angpix, structures_dir=structures_dir)
+    if assembly not in ("biological", "deposited"):
+        raise InputError(None, f"assembly must be 'biological' or 'deposited', got {assembly!r}")
+    templates = load_templates(
+        classes, angpix=angpix, structures_dir=structures_dir, assembly=assembly
+    )
     result = match_tomogram(volume, templates, config, angpix, device, progress)
     if mode == "filtered":
         picks = filter_picks(result.candidates, threshold, overlap)

@@ -499,6 +499,7 @@ def load_templates(
     angpix: float = 10.0,
     structures_dir: str | Path | None = None,
     symmetries: Mapping[str, str] | None = None,
+    assembly: str = "biological",
 ) -> list[Template]:
     """Templates of the bundled SHREC structures (or any folder of them) at ``angpix``.
 
@@ -511,7 +512,12 @@ def load_templates(
     structures_dir
         Folder of models and maps; default the bundled one.
     symmetries
-        Class id -> point group; default :data:`SHREC_SYMMETRY`.
+        Class id -> point group; default :data:`SHREC_SYMMETRY` (a group the density does
+        not show, as an asymmetric unit may not, falls back to C1: :func:`make_template`).
+    assembly
+        What a model contributes, as in the simulation
+        (:func:`cryopose.simulate.tomogram.load_class_density`): ``"biological"`` or
+        ``"deposited"``.
 
     Returns
     -------
@@ -523,7 +529,7 @@ def load_templates(
     syms = SHREC_SYMMETRY if symmetries is None else symmetries
     out = []
     for name, path in find_structures(structures_dir, classes).items():
-        dens = load_class_density(path, name).density
+        dens = load_class_density(path, name, assembly).density
         if abs(angpix - ANGPIX) > 1e-6:
             dens = rescale(dens, ANGPIX, angpix, ndim=3)
         out.append(make_template(dens, name, angpix, syms.get(name, "C1")))
