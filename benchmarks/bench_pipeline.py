@@ -710,8 +710,8 @@ def rows(
         peer_text += (
             f" (default network, {ptrain.get('total_params') or '?'} parameters, checkpoint "
             f"{ptrain['checkpoint_mb'] / 1e3:.1f} GB, peak memory "
-            f"{peer['peak_rss_mb'] / 1e3:.1f} GB; its scripted-model export "
-            f"{ptrain.get('script_export', 'done')})"
+            f"{peer['peak_rss_mb'] / 1e3:.1f} GB; export of its scripted model after "
+            f"training: {ptrain.get('script_export', 'done')})"
         )
     else:
         what += (

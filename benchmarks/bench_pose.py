@@ -363,7 +363,10 @@ def cryopares_train(
         best_ckpt = sorted(save_dir.glob("version_*/allParticles/checkpoints/best.ckpt"))
         if not saving or not best_ckpt or any("Traceback" in t for t in said[saving[-1] :]):
             sys.exit(failure(cmd, work / "train.log", run))
-        script_export = f"killed (exit {run.returncode}) while scripting the best model"
+        # The wrapper reports its training subprocess's own exit code (-9: SIGKILL).
+        codes = re.findall(r"Exit code: (-?\d+)", "\n".join(said[saving[-1] :]))
+        code = codes[-1] if codes else str(run.returncode)
+        script_export = f"killed (exit {code})"
         print(f"cryoPARES: {script_export}; inference loads the checkpoint", file=sys.stderr)
     # Lightning's model summary: "Total params: 123 M" (bold in ANSI codes).
     plain = (re.sub(r"\x1b\[[0-9;]*m", "", text) for _, text in run.lines)
