@@ -152,3 +152,11 @@ def test_picks_validates_shapes() -> None:
         Picks(["a"], [[0, np.inf, 0]])
     empty = Picks([], [])
     assert len(empty) == 0 and empty.coords.shape == (0, 3)
+
+
+def test_empty_picks_file_round_trips(tmp_path: Path) -> None:
+    # A picker that vetoes everything writes a header-only file; reading it gives no picks.
+    path = tmp_path / "picks.txt"
+    write_picks(Picks([], []), path)
+    picks = read_picks(path)
+    assert len(picks) == 0 and picks.coords.shape == (0, 3) and picks.angles is None

@@ -163,7 +163,9 @@ def _read_text(path: Path) -> Picks:
             n_fields = len(fields)
             ids.append(fields[0])
             rows.append(values)
-    table = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    if not rows:  # a valid file with no picks (a picker found nothing)
+        return Picks([], np.zeros((0, 3)))
+    table = np.asarray(rows, dtype=np.float64)
     angles = table[:, 3:6] if n_fields == 7 else None
     return Picks(ids, table[:, 0:3].reshape(-1, 3), angles)
 
