@@ -20,6 +20,11 @@ on the training tomograms (``--classifier-n-train``: that many, simulating the e
 the next seeds; simulation is seconds per tomogram) for M minutes (counted in the compute)
 and lets it name the picks; the tables of the U-Net's own classes are printed too.
 
+``--classifier-background`` gives the crop classifier a background output: it vetoes the picks
+it takes for noise, and the U-Net's threshold is recalibrated with the veto on two training
+tomograms (:func:`cryopose.tomo.picker.calibrate_cascade`, counted in the training compute),
+which lowers it so that more small proteins are picked.
+
 ``--assembly deposited`` simulates every tomogram (training and test) with each model's
 asymmetric unit instead of its biological assembly (:mod:`cryopose.simulate.tomogram`): the
 masses SHREC's table lists, so that 3gl1 (85 kDa) is no longer a 39 kDa twin of 1s3x (43 kDa,
@@ -56,7 +61,12 @@ from cryopose.evaluation.shrec import evaluate_picks, format_tables, load_truth
 from cryopose.io.mrc import read_map
 from cryopose.models.unet3d import UNet3DConfig
 from cryopose.simulate.tomogram import simulate_tomogram
-from cryopose.tomo.classifier import CLASSIFIER_CONFIG, classify_picks, load_crop_classifier
+from cryopose.tomo.classifier import (
+    CLASSIFIER_CONFIG,
+    CropClassifierConfig,
+    classify_picks,
+    load_crop_classifier,
+)
 from cryopose.tomo.peaks import filter_picks
 from cryopose.tomo.picker import (
     TrainConfig,
@@ -97,6 +107,11 @@ def _args() -> argparse.Namespace:
         type=int,
         default=None,
         help="tomograms the classifier trains on (default --n-train; more are simulated)",
+    )
+    parser.add_argument(
+        "--classifier-background",
+        action="store_true",
+        help="the classifier also vetoes picks it takes for background (lower threshold)",
     )
     parser.add_argument(
         "--assembly",
@@ -154,14 +169,23 @@ def main() -> None:
             config,
             max_minutes=args.max_minutes,
         )
-    reuse_classifier = args.reuse_model and load_crop_classifier(model_dir) is not None
+    existing = load_crop_classifier(model_dir) if args.reuse_model else None
+    reuse_classifier = (
+        existing is not None and existing[0].config.background == args.classifier_background
+    )
     if args.classifier_minutes > 0 and reuse_classifier:  # its time from its own log
         history = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())["history"]
         logged_s += float(history[-1]["elapsed_s"]) if history else 0.0
     elif args.classifier_minutes > 0:
         n_cls = args.classifier_n_train or args.n_train
         cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
-        train_picker_classifier(cls_dirs, model_dir, max_minutes=args.classifier_minutes)
+        n_classes = len(load_picker(model_dir)[0].class_names)
+        train_picker_classifier(
+            cls_dirs,
+            model_dir,
+            CropClassifierConfig(n_classes, background=args.classifier_background),
+            max_minutes=args.classifier_minutes,
+        )
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
     spec, net = load_picker(model_dir)
@@ -171,7 +195,10 @@ def main() -> None:
     wall0 = time.perf_counter()
     picks = pick_tomogram(tomo, spec, net)
     unet_only = evaluate_picks(picks, truth)
-    if classifier is not None:
+    if classifier is not None and classifier[0].config.background:  # threshold changes
+        wall0 = time.perf_counter()
+        picks = pick_tomogram(tomo, spec, net, classifier=classifier)
+    elif classifier is not None:
         picks = classify_picks(normalise(tomo), picks, *classifier)
     pick_wall = time.perf_counter() - wall0
     unet = evaluate_picks(picks, truth)
@@ -221,12 +248,20 @@ def main() -> None:
         options += f" --classifier-minutes {args.classifier_minutes:g}"
         options += f" --classifier-n-train {n_cls}" if n_cls != args.n_train else ""
         trained += f" + crop classifier {args.classifier_minutes:g} min on {n_cls} tomos"
+        if args.classifier_background:
+            options += " --classifier-background"
+            trained += (
+                f" with background veto, threshold {spec.cascade_threshold:.3f} instead of "
+                f"{spec.threshold:.3f}"
+            )
         trained += f"; U-Net classes alone: small F1 {unet_only.size_group_f1['small']:.3f}"
     z, y, x = tomo.shape
     units = ""
     if args.assembly != "biological":
         options += f" --assembly {args.assembly}"
         units = ", asymmetric units (SHREC's masses)"
+    if args.classifier_minutes > 0 and args.classifier_background:
+        units += ", background veto"
     emit(
         Row(
             area="cryo-ET",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,13 @@ import torch
 
 import cryopose.cli.tomo  # noqa: F401  (registers the tomo commands)
 from cryopose.cli.main import main
+from cryopose.errors import InputError
 from cryopose.evaluation.shrec import evaluate_picks, load_truth
 from cryopose.io.mrc import read_map
 from cryopose.io.picks import read_picks
 from cryopose.simulate.tomogram import simulate_tomogram
 from cryopose.tomo.classifier import classify_picks, load_crop_classifier
-from cryopose.tomo.picker import load_picker, pick_tomogram
+from cryopose.tomo.picker import calibrate_cascade, load_picker, pick_tomogram
 from cryopose.tomo.segmentation import normalise
 
 
@@ -123,3 +126,49 @@ def test_train_rejects_negative_classifier_minutes(
                  "--classifier-minutes", "-1"])  # fmt: skip
     assert code != 0 and "classifier minutes" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+# Lightning notes that the copied checkpoint was written in another folder (harmless here).
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")
+def test_classifier_background_vetoes_picks_at_a_recalibrated_threshold(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    tomo, trained_model = trained
+    # Resuming the fixture's finished training adds a background classifier to its U-Net.
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    done = len(json.loads((model / "config.json").read_text())["history"])  # 9, or more
+    args = ["tomo", "train", str(tomo), "-o", str(model), "--epochs", str(done)]
+    args += ["--steps-per-epoch", "10", "--batch-size", "2", "--patch", "32", "--width", "8"]
+    args += ["--depth", "2", "--val-fraction", "0", "--classifier-minutes", "0.1"]
+    assert main([*args, "--classifier-background"]) == 0
+    loaded = load_crop_classifier(model)
+    assert loaded is not None and loaded[0].config.background
+    spec, net = load_picker(model)
+    config = json.loads((model / "config.json").read_text())
+    assert config["cascade_threshold"] == spec.cascade_threshold is not None
+    assert spec.calibration["cascade_threshold"] == spec.cascade_threshold
+    assert {"cascade_f1", "cascade_tp", "cascade_fp", "cascade_fn"} <= set(spec.calibration)
+    # tomo pick: the U-Net's picks above the cascade threshold, renamed or vetoed.
+    out = tmp_path / "picks.txt"
+    volume = read_map(tomo / "reconstruction.mrc")[0]
+    assert main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(model),
+                 "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
+    assert spec.cascade_threshold is not None
+    unet = pick_tomogram(volume, replace(spec, threshold=spec.cascade_threshold), net, 32)
+    expected = classify_picks(normalise(volume), unet, *loaded)
+    picked = read_picks(out)
+    assert 0 < len(picked) <= len(unet)
+    assert list(picked.class_ids) == list(expected.class_ids)
+    assert picked.coords == pytest.approx(expected.coords)
+
+
+def test_cascade_needs_a_classifier_with_a_background_output(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, model = trained
+    with pytest.raises(InputError, match="background output"):
+        calibrate_cascade(model, [tomo])
+    code = main(["tomo", "train", str(tomo), "-o", str(tmp_path / "m"),
+                 "--classifier-background"])  # fmt: skip
+    assert code != 0 and "classifier minutes" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from cryopose.errors import InputError
 from cryopose.io.picks import Picks
@@ -15,6 +16,7 @@ from cryopose.tomo.classifier import (
     ClassifierTrainConfig,
     CropClassifier,
     CropClassifierConfig,
+    background_centres,
     classify_picks,
     extract_crops,
     load_crop_classifier,
@@ -82,6 +84,53 @@ def test_classifier_learns_two_shapes_and_reclassifies_picks(tmp_path: Path) -> 
     assert loaded[1] == list(names) and np.array_equal(again.class_ids, out.class_ids)
 
 
+def test_background_centres_keep_away_from_particles() -> None:
+    t = _two_shape_tomogram(1)
+    labels = t.labels.clone()
+    labels[:, :12, :12] = 1  # a labelled block: no centre within 2 voxels of it
+    t = TomogramLabels(t.name, t.volume, labels, t.centres, t.classes, t.voxels)
+    bg = background_centres(t, 200, 5.0, torch.Generator().manual_seed(0))
+    assert bg.shape == (200, 3) and bg.dtype == torch.int64
+    assert len(torch.unique(bg, dim=0)) >= 190  # not one place over and over
+    assert torch.cdist(bg.double(), t.centres.double()).min() >= 5.0
+    assert not ((bg[:, 1] < 14) & (bg[:, 2] < 14)).any()
+    assert (bg >= 0).all() and (bg < torch.tensor(t.volume.shape)).all()
+    # The first half sits on local maxima of the smoothed volume.
+    smooth = torch.from_numpy(ndimage.gaussian_filter(t.volume.numpy(), 1.5))
+    local_max = ndimage.maximum_filter(smooth.numpy(), size=3, mode="constant", cval=-np.inf)
+    z, y, x = bg[:100].T
+    assert np.array_equal(smooth.numpy()[z, y, x], local_max[z, y, x])
+
+
+def test_background_output_vetoes_picks_of_empty_places(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    train = [_two_shape_tomogram(1), _two_shape_tomogram(2)]
+    config = CropClassifierConfig(n_classes=2, crop=12, width=4, background=True)
+    settings = ClassifierTrainConfig(
+        steps=200, batch_size=16, lr=5e-3, jitter=1, eval_every=100, background_distance=5.0
+    )
+    net, history = train_crop_classifier(train, 2, config, settings)
+    assert net.head.out_features == 3 and max(h["val_accuracy"] for h in history) >= 0.85
+    # Unseen tomogram: particles keep their (right) classes, empty places are dropped.
+    test = _two_shape_tomogram(3)
+    empty = background_centres(test, 40, 5.0, torch.Generator().manual_seed(1))
+    centres = torch.cat([test.centres, empty])
+    coords = centres.flip(1).double()  # x y z
+    scores = torch.linspace(1, 0, len(coords))
+    picks = Picks(["?"] * len(coords), coords, scores=scores)
+    out = classify_picks(test.volume, picks, net, ("ball", "bar"))
+    kept = {tuple(c) for c in out.coords.astype(int).tolist()}
+    particles = {tuple(c) for c in test.centres.flip(1).tolist()}
+    # Measured: all 40 particles kept, 37 of 40 empty places dropped; bounds with margin.
+    assert len(kept & particles) >= 36 and len(kept - particles) <= 8
+    order = [i for i, c in enumerate(coords.int().tolist()) if tuple(c) in kept]
+    assert out.scores == pytest.approx(scores.numpy()[order])  # survivors keep their scores
+    # The flag is saved with the weights.
+    save_crop_classifier(tmp_path, net, ("ball", "bar"), history, settings)
+    loaded = load_crop_classifier(tmp_path)
+    assert loaded is not None and loaded[0].config.background
+
+
 def test_missing_and_malformed_classifier_files(tmp_path: Path) -> None:
     assert load_crop_classifier(tmp_path) is None
     (tmp_path / CLASSIFIER_CONFIG).write_text("{not json")
@@ -98,3 +147,5 @@ def test_bad_classifier_settings_are_rejected() -> None:
         CropClassifierConfig(n_classes=2, crop=10)
     with pytest.raises(InputError, match="classes"):
         train_crop_classifier([_two_shape_tomogram(1)], 3, CropClassifierConfig(2, 12, 4))
+    with pytest.raises(InputError, match="background_fraction"):
+        ClassifierTrainConfig(background_fraction=1.0)

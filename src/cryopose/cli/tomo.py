@@ -235,6 +235,13 @@ def train(
             "(0: the U-Net names them)."
         ),
     ] = 0.0,
+    classifier_background: Annotated[
+        bool,
+        typer.Option(
+            help="Give the classifier a background output that vetoes picks it takes for noise "
+            "(the picking threshold is recalibrated lower with the veto)."
+        ),
+    ] = False,
 ) -> None:
     """Train a 3D U-Net picker (13-class segmentation) on simulated tomograms.
 
@@ -270,6 +277,7 @@ def train(
         max_minutes=max_minutes,
         device=device,
         classifier_minutes=classifier_minutes or None,
+        classifier_background=classifier_background,
     )
     extra = ", classifier.json, classifier.pt" if classifier_minutes else ""
     typer.echo(f"wrote {folder}: config.json, model.pt{extra}")

@@ -13,6 +13,12 @@ wedge-keeping flips of :func:`cryopose.tomo.segmentation.augment_rotations`. A h
 the particles measures accuracy; the best weights are kept. Picking (:func:`classify_picks`)
 replaces the U-Net's class of every pick by the classifier's.
 
+With ``CropClassifierConfig(background=True)`` the network has one more output, "no particle",
+trained on crops centred in empty parts of the training tomograms
+(:func:`background_centres`); :func:`classify_picks` then drops the picks it assigns there, so
+that the U-Net's score threshold can be lowered (:func:`cryopose.tomo.picker.calibrate_cascade`)
+to find more of the small proteins without keeping the noise peaks that come with them.
+
 Files, next to the U-Net's in a picker model folder::
 
     classifier.json   {"format": 1, "network": {...}, "class_names": [...], "history": [...]}
@@ -36,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from cryopose._atomic import atomic_path
@@ -50,6 +57,7 @@ __all__ = [
     "ClassifierTrainConfig",
     "CropClassifier",
     "CropClassifierConfig",
+    "background_centres",
     "classify_picks",
     "extract_crops",
     "load_crop_classifier",
@@ -74,11 +82,19 @@ class CropClassifierConfig:
         Edge of the input cube in voxels (a multiple of 4).
     width
         Channels of the first block; each of the three blocks doubles them.
+    background
+        One more output after the protein classes: "no particle here" (module docstring).
     """
 
     n_classes: int
     crop: int = 24
     width: int = 16
+    background: bool = False
+
+    @property
+    def n_outputs(self) -> int:
+        """Logits per crop: the protein classes, plus one when ``background``."""
+        return self.n_classes + int(self.background)
 
     def __post_init__(self) -> None:
         if self.n_classes < 1 or self.width < 1:
@@ -103,10 +119,10 @@ class CropClassifier(nn.Module):
             nn.AdaptiveAvgPool3d(1),
             nn.Flatten(),
         )
-        self.head = nn.Linear(4 * w, config.n_classes)
+        self.head = nn.Linear(4 * w, config.n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, n_classes)`` of crops ``(B, 1, crop, crop, crop)``."""
+        """Logits ``(B, n_outputs)`` of crops ``(B, 1, crop, crop, crop)``."""
         out: torch.Tensor = self.head(self.features(x))
         return out
 
@@ -162,6 +178,12 @@ class ClassifierTrainConfig:
         Steps between accuracy measurements.
     seed
         Seed of the split, the sampling and the initial weights.
+    background_fraction
+        With a background output: share of the training batches and of the held-out crops
+        that are background crops.
+    background_distance
+        With a background output: least distance in voxels from a background crop's centre to
+        every particle centre (:func:`background_centres`).
     """
 
     steps: int = 5000
@@ -172,6 +194,77 @@ class ClassifierTrainConfig:
     val_fraction: float = 0.15
     eval_every: int = 100
     seed: int = 0
+    background_fraction: float = 0.25
+    background_distance: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.background_fraction < 1.0:
+            raise InputError(
+                None, f"background_fraction must be in (0, 1), got {self.background_fraction}"
+            )
+
+
+def background_centres(
+    tomogram: TomogramLabels,
+    n: int,
+    distance: float,
+    generator: torch.Generator,
+    blob_fraction: float = 0.5,
+) -> torch.Tensor:
+    """Centres of background crops: away from every particle, half of them on noise blobs.
+
+    A centre qualifies when no labelled voxel lies within 2 voxels of it (the labels may be
+    eroded) and no particle centre within ``distance`` voxels. A share ``blob_fraction`` is
+    drawn from the local maxima of the volume smoothed with a Gaussian of 1.5 voxels (bright
+    blobs of noise, membranes and fiducials: what a picker mistakes for particles), the rest
+    uniformly.
+
+    Parameters
+    ----------
+    tomogram
+        Labelled tomogram (protein bright).
+    n
+        Centres wanted.
+    distance
+        Least distance to a particle centre, voxels.
+    generator
+        Source of the random choices.
+    blob_fraction
+        Share of the centres placed on local maxima.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(m, 3)`` int64 centres ``(z, y, x)``, ``m <= n`` (fewer only when the tomogram is
+        nearly full).
+    """
+    occupied = F.max_pool3d(
+        (tomogram.labels > 0).to(torch.float32)[None, None], 5, stride=1, padding=2
+    )[0, 0].bool()
+
+    def allowed(cand: torch.Tensor) -> torch.Tensor:
+        ok = ~occupied[cand[:, 0], cand[:, 1], cand[:, 2]]
+        if len(tomogram.centres) and len(cand):
+            near = torch.cdist(cand.double(), tomogram.centres.double()).min(1).values
+            ok &= near >= distance
+        return cand[ok]
+
+    smooth = torch.from_numpy(
+        ndimage.gaussian_filter(tomogram.volume.to(torch.float32).numpy(), 1.5)
+    )
+    peaks = smooth == F.max_pool3d(smooth[None, None], 3, stride=1, padding=1)[0, 0]
+    blobs = allowed(torch.nonzero(peaks))
+    n_blobs = min(round(blob_fraction * n), len(blobs))
+    found = [blobs[torch.randperm(len(blobs), generator=generator)[:n_blobs]]]
+    have = n_blobs
+    shape = torch.tensor(tomogram.labels.shape)
+    for _ in range(20):  # each round draws 4n positions; a crowded tomogram keeps ~half
+        if have >= n:
+            break
+        cand = allowed((torch.rand(4 * n, 3, generator=generator) * shape).to(torch.int64))
+        found.append(cand)
+        have += len(cand)
+    return torch.cat(found)[:n]
 
 
 def _accuracy(net: CropClassifier, crops: torch.Tensor, labels: torch.Tensor) -> float:
@@ -200,7 +293,8 @@ def train_crop_classifier(
     tomograms
         From :func:`cryopose.tomo.segmentation.load_tomogram_labels` (normalised volumes).
     n_classes
-        Protein classes; a particle of model class ``k`` (``1..n_classes``) is label ``k - 1``.
+        Protein classes; a particle of model class ``k`` (``1..n_classes``) is label ``k - 1``
+        and a background crop (when the network has that output) label ``n_classes``.
     network, config
         Architecture (default ``CropClassifierConfig(n_classes)``) and training settings.
     max_minutes
@@ -220,18 +314,38 @@ def train_crop_classifier(
         raise InputError(None, f"network has {net_cfg.n_classes} classes, expected {n_classes}")
     torch.manual_seed(cfg.seed)
     big = net_cfg.crop + 2 * cfg.jitter
-    crops = torch.cat([extract_crops(t.volume, t.centres, big) for t in tomograms])
-    labels = torch.cat([t.classes for t in tomograms]).to(torch.int64) - 1
+    g = torch.Generator().manual_seed(cfg.seed)
+    centres = [t.centres for t in tomograms]
+    labels_per = [t.classes.to(torch.int64) - 1 for t in tomograms]
+    if net_cfg.background:  # as many background crops as the share asks for
+        ratio = cfg.background_fraction / (1.0 - cfg.background_fraction)
+        for i, t in enumerate(tomograms):
+            bg = background_centres(
+                t, max(1, round(ratio * len(t.centres))), cfg.background_distance, g
+            )
+            centres[i] = torch.cat([t.centres.to(torch.int64), bg])
+            labels_per[i] = torch.cat([labels_per[i], torch.full((len(bg),), n_classes)])
+    crops = torch.cat(
+        [extract_crops(t.volume, c, big) for t, c in zip(tomograms, centres, strict=True)]
+    )
+    labels = torch.cat(labels_per)
     if labels.numel() < 2:
         raise InputError(None, "expected at least 2 training particles for the classifier")
-    g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(labels.numel(), generator=g)
     n_val = min(max(1, round(cfg.val_fraction * labels.numel())), labels.numel() - 1)
     val, train = order[:n_val], order[n_val:]
     j, e = cfg.jitter, net_cfg.crop
     val_crops = crops[val][:, j : j + e, j : j + e, j : j + e]
-    counts = torch.bincount(labels[train], minlength=n_classes).to(torch.float64)
-    weights = 1.0 / counts[labels[train]]
+    counts = torch.bincount(labels[train], minlength=net_cfg.n_outputs).to(torch.float64)
+    weights = 1.0 / counts[labels[train]]  # every protein class equally often
+    if net_cfg.background:  # and background crops at their share of each batch
+        is_bg = labels[train] == n_classes
+        n_present = int((counts[:n_classes] > 0).sum())
+        weights = torch.where(
+            is_bg,
+            cfg.background_fraction / counts[n_classes].clamp(min=1),
+            (1.0 - cfg.background_fraction) / n_present * weights,
+        )
     flips = augment_rotations()
     net = CropClassifier(net_cfg)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -293,7 +407,7 @@ def classify_picks(
     batch_size: int = 128,
     flips: bool = True,
 ) -> Picks:
-    """Replace each pick's class by the classifier's.
+    """Replace each pick's class by the classifier's; drop picks it calls background.
 
     Parameters
     ----------
@@ -315,17 +429,18 @@ def classify_picks(
     Returns
     -------
     Picks
-        The same centres and scores, with the classifier's classes.
+        The same centres and scores, with the classifier's classes; without the picks
+        assigned to the background output when the network has one.
     """
     if len(class_names) != net.config.n_classes:
-        raise ValueError(f"{len(class_names)} class names for {net.config.n_classes} outputs")
+        raise ValueError(f"{len(class_names)} class names for {net.config.n_classes} classes")
     if len(picks) == 0:
         return picks
     centres = torch.as_tensor(np.round(picks.coords[:, ::-1]).astype(np.int64))
     crops = extract_crops(volume.to(torch.float32), centres, net.config.crop)
     net = net.to(device).eval()
     views = augment_rotations() if flips else [()]
-    prob = torch.zeros(crops.shape[0], net.config.n_classes)
+    prob = torch.zeros(crops.shape[0], net.config.n_outputs)
     with torch.no_grad():
         for dims in views:
             view = crops.flip([d + 1 for d in dims]) if dims else crops  # dim 0: crops
@@ -335,9 +450,12 @@ def classify_picks(
                     for b in torch.split(view, batch_size)
                 ]
             )
-    pred = prob.argmax(1)
-    names = np.asarray(class_names)[pred.numpy()]
-    return Picks(names, picks.coords, angles=picks.angles, scores=picks.scores)
+    pred = prob.argmax(1).numpy()
+    keep = pred < net.config.n_classes  # the background output is the last one
+    names = np.asarray(class_names)[pred[keep]]
+    angles = None if picks.angles is None else picks.angles[keep]
+    scores = None if picks.scores is None else picks.scores[keep]
+    return Picks(names, picks.coords[keep], angles=angles, scores=scores)
 
 
 def save_crop_classifier(

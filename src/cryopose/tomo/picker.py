@@ -16,7 +16,9 @@ Model folder
     model.pt                 U-Net state dict, tensors only: torch.load(weights_only=True)
     checkpoints/last.ckpt    Lightning checkpoint of the last epoch (to resume training)
     classifier.json/.pt      optional crop classifier that names the picks
-                             (:mod:`cryopose.tomo.classifier`, ``classifier_minutes``)
+                             (:mod:`cryopose.tomo.classifier`, ``classifier_minutes``); with
+                             a background output it also vetoes picks, and config.json
+                             holds ``cascade_threshold`` (:func:`calibrate_cascade`)
 
 ``class_voxels`` is the median target volume (voxels, after erosion) of each class over the
 training particles. Picking (``method`` ``"peaks"``, the default) takes the local maxima of the
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from scipy import ndimage
@@ -60,6 +63,7 @@ from cryopose.io.picks import Picks, write_picks
 from cryopose.models.unet3d import UNet3D, UNet3DConfig
 from cryopose.simulate.tomogram import DEFAULT_CLASSES
 from cryopose.tomo.classifier import (
+    CLASSIFIER_CONFIG,
     ClassifierTrainConfig,
     CropClassifier,
     CropClassifierConfig,
@@ -90,6 +94,7 @@ __all__ = [
     "PickerSpec",
     "TrainConfig",
     "best_threshold",
+    "calibrate_cascade",
     "calibrate_picker",
     "load_picker",
     "pick_tomogram",
@@ -197,7 +202,10 @@ class PickerSpec:
         -> 0.971, multiple hits 9 -> 2); on its unseen test tomogram F1 0.938 -> 0.955.
     calibration
         What :func:`calibrate_picker` measured (``threshold``, ``f1``, ``tp``, ``fp``, ``fn``
-        on the training tomograms).
+        on the training tomograms; ``cascade_*`` the same from :func:`calibrate_cascade`).
+    cascade_threshold
+        Score threshold used instead of ``threshold`` when a crop classifier with a background
+        output vetoes the picks (:func:`calibrate_cascade`); ``None`` until calibrated.
     train
         Settings of the training that produced the weights.
     history
@@ -220,6 +228,7 @@ class PickerSpec:
     calibration: Mapping[str, float] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     history: tuple[Mapping[str, float], ...] = ()
+    cascade_threshold: float | None = None
 
     def min_voxels(self) -> dict[int, int]:
         """Least component size per model class index (size filter)."""
@@ -261,6 +270,7 @@ class PickerSpec:
             "calibration": dict(self.calibration),
             "train": asdict(self.train),
             "history": [dict(h) for h in self.history],
+            "cascade_threshold": self.cascade_threshold,
         }
 
     @classmethod
@@ -286,6 +296,11 @@ class PickerSpec:
                 calibration={str(k): float(v) for k, v in data.get("calibration", {}).items()},
                 train=TrainConfig(**data["train"]),
                 history=tuple(dict(h) for h in data.get("history", [])),
+                cascade_threshold=(
+                    None
+                    if data.get("cascade_threshold") is None
+                    else float(data["cascade_threshold"])
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(path, f"not a cryopose picker config ({exc})") from exc
@@ -442,6 +457,7 @@ def train_picker(
     device: str = "cpu",
     progress: bool = True,
     classifier_minutes: float | None = None,
+    classifier_background: bool = False,
 ) -> Path:
     """Train a U-Net picker on SHREC model folders and write the model folder.
 
@@ -467,6 +483,9 @@ def train_picker(
     classifier_minutes
         Then train the crop classifier of :mod:`cryopose.tomo.classifier` for this many
         minutes (:func:`train_picker_classifier`); ``None`` or 0: no classifier.
+    classifier_background
+        Give that classifier a background output that vetoes picks, and calibrate the
+        threshold of the vetoed picks (:func:`calibrate_cascade`).
 
     Returns
     -------
@@ -482,6 +501,8 @@ def train_picker(
         raise InputError(None, "expected at least one tomogram folder to train on")
     if classifier_minutes is not None and not classifier_minutes >= 0:
         raise InputError(None, f"classifier minutes must be >= 0, got {classifier_minutes}")
+    if classifier_background and not classifier_minutes:
+        raise InputError(None, "a classifier background output needs classifier minutes > 0")
     folder = Path(model_dir)
     ckpt_dir = folder / "checkpoints"
     last = ckpt_dir / _LAST
@@ -554,8 +575,9 @@ def train_picker(
     save_picker(folder, spec, module.net)
     calibrate_picker(folder, tomograms, device=device)
     if classifier_minutes:
+        crop_net = CropClassifierConfig(len(names), background=classifier_background)
         train_picker_classifier(
-            tomograms, folder, max_minutes=classifier_minutes, progress=progress
+            tomograms, folder, crop_net, max_minutes=classifier_minutes, progress=progress
         )
     return folder
 
@@ -567,6 +589,7 @@ def train_picker_classifier(
     train: ClassifierTrainConfig | None = None,
     max_minutes: float | None = None,
     progress: bool = True,
+    calibrate_on: int = 2,
 ) -> Path:
     """Train the crop classifier of a picker model folder (:mod:`cryopose.tomo.classifier`).
 
@@ -583,6 +606,9 @@ def train_picker_classifier(
         Wall-clock budget; ``None`` for the step limit alone.
     progress
         Log one line per accuracy measurement.
+    calibrate_on
+        With a background output: the first this many of ``folders`` calibrate the
+        threshold of the vetoed picks (:func:`calibrate_cascade`).
 
     Returns
     -------
@@ -605,6 +631,11 @@ def train_picker_classifier(
 
     net, history = train_crop_classifier(tomograms, n, net_cfg, cfg, max_minutes, log)
     save_crop_classifier(folder, net, spec.class_names, history, cfg)
+    if net_cfg.background:
+        on = list(folders[:calibrate_on])
+        log(f"calibrating the threshold of the vetoed picks on {len(on)} tomograms")
+        calibrated = calibrate_cascade(folder, on)
+        log(f"cascade threshold {calibrated.cascade_threshold:.4f} (picker's {spec.threshold:.4f})")
     return folder
 
 
@@ -631,7 +662,11 @@ def _scored_hits(
     prob: torch.Tensor, spec: PickerSpec, t: TomogramLabels
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of every candidate pick of one tomogram and whether each is a true positive."""
-    picks = _picks_from_prob(prob, spec, threshold=-1.0)
+    return _pick_hits(_picks_from_prob(prob, spec, threshold=-1.0), t)
+
+
+def _pick_hits(picks: Picks, t: TomogramLabels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of picks ``(x, y, z)`` of one tomogram and whether each is a true positive."""
     radii = (3.0 * t.voxels.to(torch.float64) / (4.0 * math.pi)) ** (1.0 / 3.0) + 1.0
     hit = match_centres(
         picks.coords[:, ::-1].astype("float64"),
@@ -756,6 +791,85 @@ def calibrate_picker(
     return spec
 
 
+def calibrate_cascade(
+    model_dir: str | Path,
+    tomograms: Sequence[TomogramLabels | str | Path],
+    device: str | torch.device = "cpu",
+    floor: float = 0.2,
+    max_factor: float = 4.0,
+) -> PickerSpec:
+    """Choose the score threshold of picks that the crop classifier may veto.
+
+    With a background output (:class:`cryopose.tomo.classifier.CropClassifierConfig`), the
+    classifier drops picks it takes for noise, so the F1-best threshold of the U-Net's scores
+    is lower than :func:`calibrate_picker`'s. The candidate picks of the (already chosen)
+    post-processing down to ``floor`` x the picker's threshold (at most ``max_factor`` times
+    as many as above it, the best-scoring first) are classified, the vetoed ones removed, and
+    the threshold that maximises F1 over the rest is written as ``cascade_threshold``
+    (``calibration`` gains ``cascade_threshold``, ``cascade_f1``, ``cascade_tp``,
+    ``cascade_fp``, ``cascade_fn``).
+
+    Parameters
+    ----------
+    model_dir
+        Model folder with a crop classifier that has a background output.
+    tomograms
+        Labelled tomograms (loaded or SHREC model folders), usually training ones.
+    device
+        Where the networks run.
+    floor, max_factor
+        Which candidates are classified (above).
+
+    Returns
+    -------
+    PickerSpec
+        The updated description.
+
+    Raises
+    ------
+    InputError
+        The folder has no crop classifier, or one without a background output.
+    """
+    folder = Path(model_dir)
+    spec, net = load_picker(folder, device)
+    classifier = load_crop_classifier(folder, device)
+    if classifier is None or not classifier[0].config.background:
+        raise InputError(
+            folder / CLASSIFIER_CONFIG,
+            "expected a crop classifier with a background output (train it with background)",
+        )
+    scores: list[torch.Tensor] = []
+    hits: list[torch.Tensor] = []
+    n_true = 0
+    for item in tomograms:
+        t = (
+            item
+            if isinstance(item, TomogramLabels)
+            else load_tomogram_labels(item, spec.class_names, spec.train.erode)
+        )
+        prob = predict_tiled(
+            net, t.volume, spec.network.n_classes, spec.tile, spec.overlap,
+            divisor=net.divisor, device=device,
+        )  # fmt: skip
+        candidates = _picks_from_prob(prob, spec, threshold=floor * spec.threshold)
+        score = np.zeros(len(candidates)) if candidates.scores is None else candidates.scores
+        n_keep = min(len(candidates), round(max_factor * int((score > spec.threshold).sum())) + 10)
+        order = np.argsort(-score, kind="stable")[:n_keep]
+        candidates = Picks(
+            candidates.class_ids[order], candidates.coords[order], scores=score[order]
+        )
+        kept = classify_picks(t.volume, candidates, classifier[0], classifier[1], device)
+        s, h = _pick_hits(kept, t)
+        scores.append(s)
+        hits.append(h)
+        n_true += len(t.centres)
+    result = best_threshold(torch.cat(scores), torch.cat(hits), n_true, spec.threshold)
+    calibration = {**spec.calibration, **{f"cascade_{k}": v for k, v in result.items()}}
+    spec = replace(spec, cascade_threshold=result["threshold"], calibration=calibration)
+    _write_config(folder, spec)
+    return spec
+
+
 def _fit(
     trainer_options: dict[str, Any],
     module: SegmentationModule,
@@ -813,7 +927,9 @@ def pick_tomogram(
         Called with the number of tiles done after each batch.
     classifier
         A crop classifier and its class names (:func:`load_crop_classifier`): it names each
-        pick instead of the U-Net.
+        pick instead of the U-Net; one with a background output also vetoes picks, and the
+        picks are then cut at ``spec.cascade_threshold`` (when calibrated) instead of
+        ``spec.threshold``.
 
     Returns
     -------
@@ -833,7 +949,10 @@ def pick_tomogram(
         device=device,
         advance=progress,
     )
-    picks = _picks_from_prob(prob, spec, spec.threshold)
+    threshold = spec.threshold
+    if classifier is not None and classifier[0].config.background:
+        threshold = spec.threshold if spec.cascade_threshold is None else spec.cascade_threshold
+    picks = _picks_from_prob(prob, spec, threshold)
     if classifier is not None:
         picks = classify_picks(normalised, picks, classifier[0], classifier[1], device)
     return picks
