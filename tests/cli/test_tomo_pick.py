@@ -118,6 +118,16 @@ def test_classifier_minutes_adds_a_classifier_that_names_the_picks(
     assert picked.coords == pytest.approx(unet.coords)
 
 
+def test_train_rejects_a_classifier_step_limit_below_one(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, _ = trained
+    code = main(["tomo", "train", str(tomo), "-o", str(tmp_path / "m"),
+                 "--classifier-steps", "0"])  # fmt: skip
+    assert code != 0 and "classifier steps must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
 def test_train_rejects_negative_classifier_minutes(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -140,10 +150,13 @@ def test_classifier_background_vetoes_picks_at_a_recalibrated_threshold(
     done = len(json.loads((model / "config.json").read_text())["history"])  # 9, or more
     args = ["tomo", "train", str(tomo), "-o", str(model), "--epochs", str(done)]
     args += ["--steps-per-epoch", "10", "--batch-size", "2", "--patch", "32", "--width", "8"]
-    args += ["--depth", "2", "--val-fraction", "0", "--classifier-minutes", "0.1"]
+    # A step limit, not a time limit: the same classifier on a slow machine as on a fast one.
+    args += ["--depth", "2", "--val-fraction", "0", "--classifier-steps", "30"]
     assert main([*args, "--classifier-background"]) == 0
     loaded = load_crop_classifier(model)
     assert loaded is not None and loaded[0].config.background
+    classifier = json.loads((model / "classifier.json").read_text())
+    assert (classifier["train"]["steps"], classifier["history"][-1]["step"]) == (30, 30)
     spec, net = load_picker(model)
     config = json.loads((model / "config.json").read_text())
     assert config["cascade_threshold"] == spec.cascade_threshold is not None

@@ -232,9 +232,16 @@ def train(
         float,
         typer.Option(
             help="Then train a crop classifier that names the picks for this many minutes "
-            "(0: the U-Net names them)."
+            "(0: no time limit; without --classifier-steps either, the U-Net names them)."
         ),
     ] = 0.0,
+    classifier_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Train the crop classifier for at most this many steps (default 5000); "
+            "a step limit alone trains the same classifier on every machine."
+        ),
+    ] = None,
     classifier_background: Annotated[
         bool,
         typer.Option(
@@ -247,8 +254,8 @@ def train(
 
     Writes MODEL_DIR/config.json, MODEL_DIR/model.pt (weights only) and
     MODEL_DIR/checkpoints/last.ckpt; an existing checkpoint is resumed. With
-    --classifier-minutes also MODEL_DIR/classifier.json and classifier.pt, which
-    cryopose tomo pick then uses to name the picks.
+    --classifier-minutes or --classifier-steps also MODEL_DIR/classifier.json and
+    classifier.pt, which cryopose tomo pick then uses to name the picks.
 
     Example: cryopose tomo train tomo0 tomo1 -o unet --epochs 30 --max-minutes 60
     """
@@ -278,8 +285,10 @@ def train(
         device=device,
         classifier_minutes=classifier_minutes or None,
         classifier_background=classifier_background,
+        classifier_steps=classifier_steps,
     )
-    extra = ", classifier.json, classifier.pt" if classifier_minutes else ""
+    with_classifier = classifier_minutes or classifier_steps is not None
+    extra = ", classifier.json, classifier.pt" if with_classifier else ""
     typer.echo(f"wrote {folder}: config.json, model.pt{extra}")
 
 

@@ -458,6 +458,7 @@ def train_picker(
     progress: bool = True,
     classifier_minutes: float | None = None,
     classifier_background: bool = False,
+    classifier_steps: int | None = None,
 ) -> Path:
     """Train a U-Net picker on SHREC model folders and write the model folder.
 
@@ -482,10 +483,15 @@ def train_picker(
         Log one line per epoch (and a progress bar in a terminal).
     classifier_minutes
         Then train the crop classifier of :mod:`cryopose.tomo.classifier` for this many
-        minutes (:func:`train_picker_classifier`); ``None`` or 0: no classifier.
+        minutes (:func:`train_picker_classifier`); ``None`` or 0: no time limit, and no
+        classifier unless ``classifier_steps`` asks for one.
     classifier_background
         Give that classifier a background output that vetoes picks, and calibrate the
         threshold of the vetoed picks (:func:`calibrate_cascade`).
+    classifier_steps
+        Train the crop classifier for at most this many optimiser steps (default
+        :class:`ClassifierTrainConfig`'s); a step limit alone gives the same classifier on
+        any machine, a time limit does not.
 
     Returns
     -------
@@ -501,8 +507,13 @@ def train_picker(
         raise InputError(None, "expected at least one tomogram folder to train on")
     if classifier_minutes is not None and not classifier_minutes >= 0:
         raise InputError(None, f"classifier minutes must be >= 0, got {classifier_minutes}")
-    if classifier_background and not classifier_minutes:
-        raise InputError(None, "a classifier background output needs classifier minutes > 0")
+    if classifier_steps is not None and classifier_steps < 1:
+        raise InputError(None, f"classifier steps must be >= 1, got {classifier_steps}")
+    with_classifier = bool(classifier_minutes) or classifier_steps is not None
+    if classifier_background and not with_classifier:
+        raise InputError(
+            None, "a classifier background output needs classifier minutes > 0 or steps"
+        )
     folder = Path(model_dir)
     ckpt_dir = folder / "checkpoints"
     last = ckpt_dir / _LAST
@@ -574,10 +585,13 @@ def train_picker(
     spec = PickerSpec(net_cfg, names, voxels, train=tc, history=(*old_history, *log.history))
     save_picker(folder, spec, module.net)
     calibrate_picker(folder, tomograms, device=device)
-    if classifier_minutes:
+    if with_classifier:
         crop_net = CropClassifierConfig(len(names), background=classifier_background)
+        crop_train = ClassifierTrainConfig()
+        if classifier_steps is not None:
+            crop_train = replace(crop_train, steps=classifier_steps)
         train_picker_classifier(
-            tomograms, folder, crop_net, max_minutes=classifier_minutes, progress=progress
+            tomograms, folder, crop_net, crop_train, classifier_minutes or None, progress
         )
     return folder
 
