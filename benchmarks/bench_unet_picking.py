@@ -276,6 +276,7 @@ def main() -> None:
                 f"python benchmarks/bench_unet_picking.py --size {args.size} --snr {args.snr} "
                 f"--n-train {args.n_train} --max-minutes {args.max_minutes:g}{options}"
             ),
+            by_command=True,  # rows of other budgets stay
         ),
         args.write,
     )

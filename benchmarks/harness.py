@@ -37,6 +37,9 @@ class Row:
     peer: str
     ratio: float | None
     command: str
+    by_command: bool = False
+    """Replace only the row of the same name *and* command (a run with other budgets adds a
+    row instead of overwriting the one it would otherwise share a name with)."""
 
     def markdown(self) -> str:
         """The row as Markdown."""
@@ -92,7 +95,8 @@ def emit(row: Row, write: bool) -> None:
     key = f"| {row.area} | {row.name} |"
     lines = text.splitlines()
     for i, old in enumerate(lines):
-        if old.startswith(key):
+        same_command = old.endswith(f"| `{row.command}` |")
+        if old.startswith(key) and (same_command or not row.by_command):
             lines[i] = line
             break
     else:
