@@ -65,10 +65,10 @@ def main() -> None:
             print(f"{x:>6}" + "".join(f"{v:7.3f}" for v in cells))
         pairs = {k: v for k, v in table.items() if k[0] != k[1]}
         (a, b), top = max(pairs.items(), key=lambda kv: kv[1])
-        floor = min(v for k, v in table.items() if k[0] == k[1])
-        print(f"closest pair {a}/{b} {top:.3f}; lowest self value {floor:.3f} "
+        selves = f"{table[(a, a)]:.3f} / {table[(b, b)]:.3f}"
+        print(f"closest pair {a}/{b} {top:.3f}, against themselves {selves} "
               f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
-        parts.append(f"{assembly}: closest {a}/{b} {top:.3f} (self >= {floor:.3f})")
+        parts.append(f"{assembly}: closest {a}/{b} {top:.3f} (each against itself {selves})")
     options = "" if args.classes == list(SMALL) else " --classes " + " ".join(args.classes)
     options += "".join(f" --assembly {a}" for a in args.assembly or [])
     options += f" --order {args.order}" if args.order != 2 else ""
