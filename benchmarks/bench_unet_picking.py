@@ -20,6 +20,15 @@ on the training tomograms (``--classifier-n-train``: that many, simulating the e
 the next seeds; simulation is seconds per tomogram) for M minutes (counted in the compute)
 and lets it name the picks; the tables of the U-Net's own classes are printed too.
 
+``--classifier-steps N`` caps the classifier's optimiser steps (default 5,000, which one core
+reaches in about 40 minutes; a longer ``--classifier-minutes`` needs a higher cap to be used).
+
+``--n-test K`` scores K unseen tomograms as one test set (seed 7001, then 7201, 7202, ...;
+:func:`cryopose.evaluation.shrec.evaluate_tomograms` sums counts and confusion matrices): one
+256 x 256 x 100 tomogram holds about 20 particles per class, so a per-class F1 moves by about
+0.1 between tomograms, and four of them hold half the volume of SHREC's test tomogram.
+Template matching, when run, still scores the first one.
+
 ``--classifier-background`` gives the crop classifier a background output: it vetoes the picks
 it takes for noise, and the U-Net's threshold is recalibrated with the veto on two training
 tomograms (:func:`cryopose.tomo.picker.calibrate_cascade`, counted in the training compute),
@@ -57,12 +66,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_template_matching import SEED, THRESHOLD, _summary
 from harness import Row, emit, machine
 
-from cryopose.evaluation.shrec import evaluate_picks, format_tables, load_truth
+from cryopose.evaluation.shrec import (
+    evaluate_picks,
+    evaluate_tomograms,
+    format_tables,
+    load_truth,
+)
 from cryopose.io.mrc import read_map
 from cryopose.models.unet3d import UNet3DConfig
 from cryopose.simulate.tomogram import simulate_tomogram
 from cryopose.tomo.classifier import (
     CLASSIFIER_CONFIG,
+    ClassifierTrainConfig,
     CropClassifierConfig,
     classify_picks,
     load_crop_classifier,
@@ -81,6 +96,7 @@ from cryopose.tomo.template_matching import MatchConfig, match_tomogram
 from cryopose.tomo.templates import load_templates
 
 TRAIN_SEEDS = 7101  # first training seed; tomogram k uses 7101 + k
+MORE_TEST_SEEDS = 7200  # test tomogram k >= 1 (of --n-test) uses 7200 + k
 UMC_F1 = 0.949
 UMC_SMALL_F1 = 0.826
 
@@ -101,6 +117,18 @@ def _args() -> argparse.Namespace:
         type=float,
         default=0.0,
         help="then train the crop classifier that names the picks (0: the U-Net names them)",
+    )
+    parser.add_argument(
+        "--classifier-steps",
+        type=int,
+        default=None,
+        help="step limit of the crop classifier (default ClassifierTrainConfig's 5000)",
+    )
+    parser.add_argument(
+        "--n-test",
+        type=int,
+        default=1,
+        help="test tomograms, scored as one set (seed 7001, then 7201, 7202, ...)",
     )
     parser.add_argument(
         "--classifier-n-train",
@@ -151,6 +179,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     train_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(args.n_train)]
     test_dir = _simulate(args.tm_work, args, SEED)
+    more_tests = [_simulate(args.work, args, MORE_TEST_SEEDS + k) for k in range(1, args.n_test)]
     tag = "" if args.assembly == "biological" else f"_{args.assembly}"
     model_dir = args.work / f"unet_s{args.size}_snr{args.snr}_n{args.n_train}{tag}"
     config = TrainConfig(epochs=args.epochs, patch=args.patch, lr=args.lr)
@@ -180,30 +209,40 @@ def main() -> None:
         n_cls = args.classifier_n_train or args.n_train
         cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
         n_classes = len(load_picker(model_dir)[0].class_names)
+        steps = {} if args.classifier_steps is None else {"steps": args.classifier_steps}
         train_picker_classifier(
             cls_dirs,
             model_dir,
             CropClassifierConfig(n_classes, background=args.classifier_background),
+            ClassifierTrainConfig(**steps),
             max_minutes=args.classifier_minutes,
         )
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
     spec, net = load_picker(model_dir)
     classifier = load_crop_classifier(model_dir) if args.classifier_minutes > 0 else None
-    tomo, angpix = read_map(test_dir / "reconstruction.mrc")
-    truth = load_truth(test_dir)
-    wall0 = time.perf_counter()
-    picks = pick_tomogram(tomo, spec, net)
-    unet_only = evaluate_picks(picks, truth)
-    if classifier is not None and classifier[0].config.background:  # threshold changes
+    unet_only_pairs, pairs, pick_wall = [], [], 0.0
+    for folder in [test_dir, *more_tests]:
+        tomo, angpix = read_map(folder / "reconstruction.mrc")
+        truth = load_truth(folder)
         wall0 = time.perf_counter()
-        picks = pick_tomogram(tomo, spec, net, classifier=classifier)
-    elif classifier is not None:
-        picks = classify_picks(normalise(tomo), picks, *classifier)
-    pick_wall = time.perf_counter() - wall0
-    unet = evaluate_picks(picks, truth)
+        picks = pick_tomogram(tomo, spec, net)
+        unet_only_pairs.append((picks, truth))
+        if classifier is not None and classifier[0].config.background:  # threshold changes
+            wall0 = time.perf_counter()
+            picks = pick_tomogram(tomo, spec, net, classifier=classifier)
+        elif classifier is not None:
+            picks = classify_picks(normalise(tomo), picks, *classifier)
+        pick_wall += time.perf_counter() - wall0
+        pairs.append((picks, truth))
+        print(f"{folder.name}: {_summary('U-Net', evaluate_picks(picks, truth))}")
+    unet_only = evaluate_tomograms(unet_only_pairs)
+    unet = evaluate_tomograms(pairs)
+    tomo, angpix = read_map(test_dir / "reconstruction.mrc")  # template matching's
+    truth = load_truth(test_dir)
     last = spec.history[-1] if spec.history else {}
-    print(f"\n=== {test_dir.name}: {tuple(tomo.shape)} voxels, {len(truth.class_ids)} objects")
+    n_objects = sum(len(t.class_ids) for _, t in pairs)
+    print(f"\n=== {len(pairs)} test tomograms of {tuple(tomo.shape)} voxels, {n_objects} objects")
     print(
         f"U-Net {args.width}x{args.depth}: {len(spec.history)} epochs of "
         f"{config.steps_per_epoch} x {config.batch_size} patches of {args.patch}^3 on "
@@ -224,7 +263,7 @@ def main() -> None:
         f"{pick_wall:.0f} s wall; {unet_core_h:.3f} core-h at {args.threads} cores "
         f"(picking alone {pick_wall / 3600 * args.threads:.4f} core-h)"
     )
-    tm_text = "TM not run"
+    tm_text = "same tomo TM not run"
     if not args.no_tm:
         templates = load_templates(angpix=angpix, assembly=args.assembly)
         wall0 = time.perf_counter()
@@ -235,7 +274,7 @@ def main() -> None:
         print(f"--- TM-F (threshold {THRESHOLD}) on the same tomogram\n{format_tables(tm_f)}")
         print(f"TM compute: {tm_wall:.0f} s wall, {tm_core_h:.3f} core-h at {args.threads} cores")
         print(_summary("TM-F", tm_f))
-        tm_text = f"TM-F F1 {tm_f.f1:.3f} ({tm_core_h:.3f} core-h)"
+        tm_text = f"same tomo TM-F F1 {tm_f.f1:.3f} ({tm_core_h:.3f} core-h)"
     print(_summary("U-Net", unet))
     small = unet.size_group_f1.get("small", float("nan"))
     defaults = {"width": 8, "depth": 3, "patch": 48, "lr": 3e-3, "epochs": 200}
@@ -248,6 +287,9 @@ def main() -> None:
         options += f" --classifier-minutes {args.classifier_minutes:g}"
         options += f" --classifier-n-train {n_cls}" if n_cls != args.n_train else ""
         trained += f" + crop classifier {args.classifier_minutes:g} min on {n_cls} tomos"
+        if args.classifier_steps is not None:
+            options += f" --classifier-steps {args.classifier_steps}"
+            trained += f" (at most {args.classifier_steps} steps)"
         if args.classifier_background:
             options += " --classifier-background"
             trained += (
@@ -262,13 +304,17 @@ def main() -> None:
         units = ", asymmetric units (SHREC's masses)"
     if args.classifier_minutes > 0 and args.classifier_background:
         units += ", background veto"
+    if args.n_test > 1:
+        options += f" --n-test {args.n_test}"
+        units += f", {args.n_test} test tomograms pooled"
+        tm_text = tm_text.replace("same tomo", "first test tomo")
     emit(
         Row(
             area="cryo-ET",
             name=f"U-Net picking, SNR {args.snr}, {x}x{y}x{z}{units}",
             cryopose=(
                 f"F1 {unet.f1:.3f}, small F1 {small:.3f}; {unet_core_h:.3f} core-h "
-                f"({trained}); same tomo {tm_text}"
+                f"({trained}); {tm_text}"
             ),
             peer=f"SHREC 2020 UMC: F1 {UMC_F1}, small F1 {UMC_SMALL_F1} (SHREC's data, GPU)",
             ratio=unet.f1 / UMC_F1,

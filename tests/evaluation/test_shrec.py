@@ -17,6 +17,7 @@ from cryopose.evaluation.shrec import (
     ShrecResult,
     ShrecTruth,
     evaluate_picks,
+    evaluate_tomograms,
     format_tables,
     load_truth,
     size_group,
@@ -357,3 +358,47 @@ def test_default_masses_match_structure_files(data_dir: Path, pdb: str) -> None:
     # Deposited weights also count ligands and waters, so they sit a few % above SEQRES.
     assert mass == pytest.approx(SHREC_CLASS_MASS_KDA[pdb], rel=0.07)
     assert size_group(mass) == size_group(SHREC_CLASS_MASS_KDA[pdb])
+
+
+def test_pooled_tomograms_score_as_one_volume_side_by_side() -> None:
+    """Two tomograms pooled = one volume holding both side by side (a gap keeps them apart)."""
+    first = make_truth()
+    second = ShrecTruth(["3cf3", "1s3x"], [[4, 4, 4], [14, 14, 14]], np.zeros((20, 20, 20), int))
+    second.occupancy[3:6, 3:6, 3:6] = 1
+    second.occupancy[13:16, 13:16, 13:16] = 2
+    picks_a = Picks(
+        ["1s3x", "1s3x", "3qm1", "4cr2", "3cf3"],
+        [[4, 11, 15], [5, 11, 15], [9, 9, 9], [18, 3, 3], [2, 2, 8]],  # double, FP, wrong class
+    )
+    picks_b = Picks(["3cf3", "4cr2", "1s3x"], [[4, 4, 5], [10, 10, 2], [14, 13, 14]])
+    pooled = evaluate_tomograms([(picks_a, first), (picks_b, second)])
+
+    gap = 5  # second volume starts at x = 25
+    occupancy = np.zeros((20, 20, 45), dtype=np.int64)
+    occupancy[:, :, :20] = first.occupancy
+    shifted = np.where(second.occupancy > 0, second.occupancy + len(first.class_ids), 0)
+    occupancy[:, :, 20 + gap :] = shifted
+    offset = np.array([20 + gap, 0, 0])
+    merged = ShrecTruth(
+        [*first.class_ids, *second.class_ids],
+        np.vstack([first.coords, second.coords + offset]),
+        occupancy,
+    )
+    picks = Picks(
+        [*picks_a.class_ids, *picks_b.class_ids],
+        np.vstack([picks_a.coords, picks_b.coords + offset]),
+    )
+    reference = evaluate_picks(picks, merged)
+    assert pooled.to_dict() == reference.to_dict()
+    assert (pooled.tp, pooled.fp, pooled.fn, pooled.multiple_hits) == (5, 2, 1, 1)
+    assert pooled.per_class_f1["3qm1"] == 0.0 and pooled.per_class_f1["4cr2"] == 1.0
+
+
+def test_pooling_one_tomogram_changes_nothing() -> None:
+    truth = make_truth()
+    picks = Picks(["1s3x", "3qm1", "4cr2"], [[4, 11, 15], [3, 2, 8], [25, 3, 3]])  # 1 outside
+    single = evaluate_picks(picks, truth)
+    assert evaluate_tomograms([(picks, truth)]).to_dict() == single.to_dict()
+    assert single.outside == 1
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate_tomograms([])

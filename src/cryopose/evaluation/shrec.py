@@ -99,6 +99,7 @@ __all__ = [
     "ShrecResult",
     "ShrecTruth",
     "evaluate_picks",
+    "evaluate_tomograms",
     "format_tables",
     "load_truth",
     "size_group",
@@ -420,6 +421,71 @@ def evaluate_picks(
         precision=precision,
         recall=recall,
         f1=f1,
+        miss_rate=_ratio(fn, n_particles),
+        per_class_f1=per_class,
+        size_group_f1=group_f1,
+        confusion=((*labels, _NONE), matrix),
+    )
+
+
+def evaluate_tomograms(
+    pairs: Sequence[tuple[Picks, ShrecTruth]],
+    classes: Iterable[str] | None = None,
+    class_mass_kda: Mapping[str, float] | None = None,
+) -> ShrecResult:
+    """Score several tomograms' picks as one test set: counts and confusion matrices summed.
+
+    Each pair is scored with :func:`evaluate_picks`; then the counts (``tp``, ``fp``, ``fn``,
+    ``multiple_hits``, ``outside``), the predictions in the precision denominator and the
+    confusion matrices are added, and every ratio is computed from the sums (rules 5, 9, 10),
+    as if the tomograms were one volume. ``avg_distance`` is the mean over all found
+    particles. With one pair the result equals :func:`evaluate_picks`'s.
+
+    Parameters
+    ----------
+    pairs
+        ``(picks, truth)`` per tomogram, at least one.
+    classes, class_mass_kda
+        As in :func:`evaluate_picks`; with ``classes=None`` the evaluated classes are those of
+        all the truths together.
+
+    Returns
+    -------
+    ShrecResult
+        The pooled scores; the confusion matrix has the classes of all the tomograms.
+    """
+    if not pairs:
+        raise ValueError("expected at least one (picks, truth) pair")
+    masses = {k.lower(): float(v) for k, v in (class_mass_kda or SHREC_CLASS_MASS_KDA).items()}
+    all_ids = [c.lower() for _, truth in pairs for c in truth.class_ids]
+    labels = _evaluated_classes(all_ids, classes, masses)
+    position = {c: i for i, c in enumerate([*labels, _NONE])}
+    k = len(labels)
+    matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
+    tp = fp = fn = multiple = outside = predictions = 0
+    distance_sum = 0.0
+    for picks, truth in pairs:
+        r = evaluate_picks(picks, truth, labels, class_mass_kda)
+        tp, fp, fn = tp + r.tp, fp + r.fp, fn + r.fn
+        multiple, outside = multiple + r.multiple_hits, outside + r.outside
+        # Predictions in the precision denominator: tp / precision (exact in float to far
+        # beyond any pick count); with no particle found only the misses were counted.
+        predictions += round(r.tp / r.precision) if r.tp else r.fp
+        distance_sum += r.avg_distance * r.tp if r.tp else 0.0
+        index = [position[c] for c in r.confusion[0]]
+        matrix[np.ix_(index, index)] += r.confusion[1]
+    n_particles = tp + fn
+    per_class, group_f1 = _classification_f1(labels, matrix, masses)
+    return ShrecResult(
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        multiple_hits=multiple,
+        outside=outside,
+        avg_distance=_ratio(distance_sum, tp),
+        precision=_ratio(tp, predictions),
+        recall=_ratio(tp, n_particles),
+        f1=_ratio(2 * tp, predictions + n_particles),
         miss_rate=_ratio(fn, n_particles),
         per_class_f1=per_class,
         size_group_f1=group_f1,
