@@ -20,8 +20,9 @@ on the training tomograms (``--classifier-n-train``: that many, simulating the e
 the next seeds; simulation is seconds per tomogram) for M minutes (counted in the compute)
 and lets it name the picks; the tables of the U-Net's own classes are printed too.
 
-``--classifier-steps N`` caps the classifier's optimiser steps (default 5,000, which one core
-reaches in about 40 minutes; a longer ``--classifier-minutes`` needs a higher cap to be used).
+``--classifier-steps N`` caps the classifier's optimiser steps (default: no cap, the time
+budget is used in full, as ``cryopose tomo train --classifier-minutes`` does; until this
+option, rows ran with a 5,000-step cap, which one core reaches in about 40 minutes).
 
 ``--n-test K`` scores K unseen tomograms as one test set (seed 7001, then 7201, 7202, ...;
 :func:`cryopose.evaluation.shrec.evaluate_tomograms` sums counts and confusion matrices): one
@@ -84,6 +85,7 @@ from cryopose.tomo.classifier import (
 )
 from cryopose.tomo.peaks import filter_picks
 from cryopose.tomo.picker import (
+    UNCAPPED_STEPS,
     TrainConfig,
     calibrate_picker,
     load_picker,
@@ -122,7 +124,7 @@ def _args() -> argparse.Namespace:
         "--classifier-steps",
         type=int,
         default=None,
-        help="step limit of the crop classifier (default ClassifierTrainConfig's 5000)",
+        help="step limit of the crop classifier (default: none, the time budget decides)",
     )
     parser.add_argument(
         "--n-test",
@@ -209,12 +211,12 @@ def main() -> None:
         n_cls = args.classifier_n_train or args.n_train
         cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
         n_classes = len(load_picker(model_dir)[0].class_names)
-        steps = {} if args.classifier_steps is None else {"steps": args.classifier_steps}
+        steps = args.classifier_steps or UNCAPPED_STEPS  # as `cryopose tomo train` does
         train_picker_classifier(
             cls_dirs,
             model_dir,
             CropClassifierConfig(n_classes, background=args.classifier_background),
-            ClassifierTrainConfig(**steps),
+            ClassifierTrainConfig(steps=steps),
             max_minutes=args.classifier_minutes,
         )
     train_wall = time.perf_counter() - wall0 + logged_s

@@ -17,8 +17,8 @@ from cryopose.evaluation.shrec import evaluate_picks, load_truth
 from cryopose.io.mrc import read_map
 from cryopose.io.picks import read_picks
 from cryopose.simulate.tomogram import simulate_tomogram
-from cryopose.tomo.classifier import classify_picks, load_crop_classifier
-from cryopose.tomo.picker import calibrate_cascade, load_picker, pick_tomogram
+from cryopose.tomo.classifier import ClassifierTrainConfig, classify_picks, load_crop_classifier
+from cryopose.tomo.picker import UNCAPPED_STEPS, calibrate_cascade, load_picker, pick_tomogram
 from cryopose.tomo.segmentation import normalise
 
 
@@ -104,7 +104,10 @@ def test_classifier_minutes_adds_a_classifier_that_names_the_picks(
     assert main(args) == 0
     loaded = load_crop_classifier(model)
     assert loaded is not None and loaded[1] == list(load_picker(model)[0].class_names)
-    assert json.loads((model / "classifier.json").read_text())["history"]
+    written = json.loads((model / "classifier.json").read_text())
+    assert written["history"]
+    # A time budget alone is not cut short by the default 5,000-step limit.
+    assert written["train"]["steps"] == UNCAPPED_STEPS > ClassifierTrainConfig().steps
     # tomo pick names its picks with the classifier: the U-Net's picks, renamed.
     out = tmp_path / "picks.txt"
     volume = read_map(tomo / "reconstruction.mrc")[0]

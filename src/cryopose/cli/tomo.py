@@ -238,8 +238,9 @@ def train(
     classifier_steps: Annotated[
         int | None,
         typer.Option(
-            help="Train the crop classifier for at most this many steps (default 5000); "
-            "a step limit alone trains the same classifier on every machine."
+            help="Train the crop classifier for at most this many steps (default: none with "
+            "--classifier-minutes, else 5000); a step limit alone trains the same classifier "
+            "on every machine."
         ),
     ] = None,
     classifier_background: Annotated[

@@ -447,6 +447,10 @@ def _patch_edge(tomograms: Sequence[TomogramLabels], patch: int, divisor: int) -
     return edge
 
 
+#: Step limit of a crop classifier given only a time budget: none in practice.
+UNCAPPED_STEPS = 10**9
+
+
 def train_picker(
     folders: Sequence[str | Path],
     model_dir: str | Path,
@@ -489,9 +493,10 @@ def train_picker(
         Give that classifier a background output that vetoes picks, and calibrate the
         threshold of the vetoed picks (:func:`calibrate_cascade`).
     classifier_steps
-        Train the crop classifier for at most this many optimiser steps (default
-        :class:`ClassifierTrainConfig`'s); a step limit alone gives the same classifier on
-        any machine, a time limit does not.
+        Train the crop classifier for at most this many optimiser steps; a step limit alone
+        gives the same classifier on any machine, a time limit does not. Default: with
+        ``classifier_minutes`` no step limit (the time budget is used in full; the classifier
+        was still improving at 10,000 steps), else :class:`ClassifierTrainConfig`'s 5,000.
 
     Returns
     -------
@@ -590,6 +595,8 @@ def train_picker(
         crop_train = ClassifierTrainConfig()
         if classifier_steps is not None:
             crop_train = replace(crop_train, steps=classifier_steps)
+        elif classifier_minutes:  # a time budget alone is used in full
+            crop_train = replace(crop_train, steps=UNCAPPED_STEPS)
         train_picker_classifier(
             tomograms, folder, crop_net, crop_train, classifier_minutes or None, progress
         )
