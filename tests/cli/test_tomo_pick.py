@@ -106,6 +106,9 @@ def test_classifier_minutes_adds_a_classifier_that_names_the_picks(
     assert loaded is not None and loaded[1] == list(load_picker(model)[0].class_names)
     written = json.loads((model / "classifier.json").read_text())
     assert written["history"]
+    # The training state kept for resuming is removed once the classifier is written.
+    assert (model / "checkpoints").is_dir()
+    assert not (model / "checkpoints" / "classifier.ckpt").exists()
     # A time budget alone is not cut short by the default 5,000-step limit.
     assert written["train"]["steps"] == UNCAPPED_STEPS > ClassifierTrainConfig().steps
     # tomo pick names its picks with the classifier: the U-Net's picks, renamed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,44 @@ def test_bad_classifier_settings_are_rejected() -> None:
         train_crop_classifier([_two_shape_tomogram(1)], 3, CropClassifierConfig(2, 12, 4))
     with pytest.raises(InputError, match="background_fraction"):
         ClassifierTrainConfig(background_fraction=1.0)
+
+
+class _Interrupt(Exception):
+    """Stands in for Ctrl-C or a killed job."""
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    train = [_two_shape_tomogram(1), _two_shape_tomogram(2)]
+    config = CropClassifierConfig(n_classes=2, crop=12, width=4, background=True)
+    settings = ClassifierTrainConfig(steps=60, batch_size=8, jitter=1, eval_every=20)
+    whole, whole_history = train_crop_classifier(train, 2, config, settings)
+
+    ckpt = tmp_path / "classifier.ckpt"
+    lines: list[str] = []
+
+    def stop_at_40(line: str) -> None:
+        lines.append(line)
+        if line.startswith("classifier step 40:"):
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_crop_classifier(train, 2, config, settings, log=stop_at_40, checkpoint=ckpt)
+    assert ckpt.is_file()  # written at step 20; the interrupt came before step 40's write
+    resumed, history = train_crop_classifier(
+        train, 2, config, settings, log=lines.append, checkpoint=ckpt
+    )
+    assert any(line.startswith("classifier resumed at step 20") for line in lines)
+    assert [h["step"] for h in history] == [20.0, 40.0, 60.0]
+    drop = "elapsed_s"
+    assert [{k: v for k, v in h.items() if k != drop} for h in history] == [
+        {k: v for k, v in h.items() if k != drop} for h in whole_history
+    ]
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    # A checkpoint of other settings is refused, naming the file.
+    with pytest.raises(InputError, match=r"classifier\.ckpt.*other settings"):
+        train_crop_classifier(train, 2, config, replace(settings, lr=1e-4), checkpoint=ckpt)
+    ckpt.write_bytes(b"truncated")
+    with pytest.raises(InputError, match=r"classifier\.ckpt.*unreadable"):
+        train_crop_classifier(train, 2, config, settings, checkpoint=ckpt)

@@ -285,6 +285,7 @@ def train_crop_classifier(
     config: ClassifierTrainConfig | None = None,
     max_minutes: float | None = None,
     log: Callable[[str], None] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> tuple[CropClassifier, list[dict[str, float]]]:
     """Train a :class:`CropClassifier` on the true particles of the training tomograms.
 
@@ -301,6 +302,13 @@ def train_crop_classifier(
         Wall-clock budget; ``None`` for none.
     log
         Called with one line per accuracy measurement.
+    checkpoint
+        File rewritten (atomically) at every accuracy measurement with everything needed to
+        go on: weights, optimiser, random state, step, time spent, best weights, history. When
+        it exists at the start, training resumes from it (it must come from the same settings
+        and data size), so an interrupted run loses at most ``eval_every`` steps; the time
+        budget counts the time already spent. A resumed run ends with the same weights as an
+        uninterrupted one.
 
     Returns
     -------
@@ -349,12 +357,22 @@ def train_crop_classifier(
     flips = augment_rotations()
     net = CropClassifier(net_cfg)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = time.perf_counter()
     history: list[dict[str, float]] = []
     best, best_state, loss_sum, n_loss = -1.0, None, 0.0, 0
+    first, spent = 1, 0.0
+    settings = {"network": asdict(net_cfg), "train": asdict(cfg), "examples": labels.numel()}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        first, spent, best, best_state, history = _resume(
+            Path(checkpoint), settings, net, optimiser, g
+        )
+        if log is not None:
+            log(f"classifier resumed at step {first - 1} from {checkpoint} ({spent:.0f} s spent)")
+    start = time.perf_counter() - spent
     net.train()
     budget = None if max_minutes is None else 60.0 * max_minutes
-    for step in range(1, cfg.steps + 1):
+    if budget is not None and spent > budget:  # stopped after its last measurement
+        first = cfg.steps + 1
+    for step in range(first, cfg.steps + 1):
         # Cosine decay over the budget: steps or time, whichever runs out first.
         progress = (step - 1) / cfg.steps
         if budget is not None:
@@ -391,11 +409,58 @@ def train_crop_classifier(
                 best = acc
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             loss_sum, n_loss = 0.0, 0
+            if checkpoint is not None:
+                with atomic_path(checkpoint) as tmp:
+                    torch.save(
+                        {
+                            "settings": settings, "step": step, "spent": elapsed,
+                            "net": net.state_dict(), "optimiser": optimiser.state_dict(),
+                            "generator": g.get_state(), "best": best, "best_state": best_state,
+                            "history": history,
+                        },
+                        tmp,
+                    )  # fmt: skip
         if out_of_time:
             break
     if best_state is not None:
         net.load_state_dict(best_state)
     return net.eval(), history
+
+
+def _resume(
+    path: Path,
+    settings: dict[str, Any],
+    net: CropClassifier,
+    optimiser: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[int, float, float, dict[str, torch.Tensor] | None, list[dict[str, float]]]:
+    """Load a training checkpoint into ``net``, ``optimiser`` and ``generator``.
+
+    Returns the next step, the seconds already spent, the best held-out accuracy, its weights
+    and the history so far.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state["settings"]
+    except Exception as exc:
+        raise InputError(path, f"unreadable classifier checkpoint ({exc}); delete it") from exc
+    if saved != settings:
+        raise InputError(
+            path,
+            f"classifier checkpoint of other settings {saved}, expected {settings}; delete it "
+            "to start over",
+        )
+    net.load_state_dict(state["net"])
+    optimiser.load_state_dict(state["optimiser"])
+    generator.set_state(state["generator"])
+    history = [dict(h) for h in state["history"]]
+    return (
+        int(state["step"]) + 1,
+        float(state["spent"]),
+        float(state["best"]),
+        state["best_state"],
+        history,
+    )
 
 
 def classify_picks(

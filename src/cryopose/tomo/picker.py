@@ -15,6 +15,9 @@ Model folder
                               "history": [...]}
     model.pt                 U-Net state dict, tensors only: torch.load(weights_only=True)
     checkpoints/last.ckpt    Lightning checkpoint of the last epoch (to resume training)
+    checkpoints/classifier.ckpt
+                             the crop classifier's training state while it trains (to
+                             resume it); removed once classifier.json/.pt are written
     classifier.json/.pt      optional crop classifier that names the picks
                              (:mod:`cryopose.tomo.classifier`, ``classifier_minutes``); with
                              a background output it also vetoes picks, and config.json
@@ -30,7 +33,7 @@ was 0.98, not 0.5, on both a training and an unseen tomogram). ``method`` ``"com
 keeps the connected components of the argmax labels, dropping components smaller than
 ``min_size_fraction`` of their class's volume. Training resumes from
 ``checkpoints/last.ckpt`` when it exists (same network), continuing up to ``epochs`` epochs
-in total.
+in total; the crop classifier resumes from ``checkpoints/classifier.ckpt`` the same way.
 
 >>> spec = PickerSpec(UNet3DConfig(width=4, depth=2), ("1bxn",), {"1bxn": 100})
 >>> spec.min_voxels()
@@ -108,6 +111,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.pt"
 FORMAT = 1
 _LAST = "last.ckpt"
+CLASSIFIER_CHECKPOINT = "classifier.ckpt"
 
 
 @dataclass(frozen=True)
@@ -620,7 +624,8 @@ def train_picker_classifier(
         Simulated tomogram folders, or tomograms already loaded with the model's classes.
     model_dir
         A folder written by :func:`train_picker`; ``classifier.json`` and ``classifier.pt``
-        are added (replaced).
+        are added (replaced). Training resumes from ``checkpoints/classifier.ckpt`` left by
+        an interrupted run with the same settings.
     network, train
         Architecture (default ``CropClassifierConfig(len(class_names))``) and settings.
     max_minutes
@@ -650,8 +655,13 @@ def train_picker_classifier(
         if progress:
             print(line, file=sys.stderr, flush=True)
 
-    net, history = train_crop_classifier(tomograms, n, net_cfg, cfg, max_minutes, log)
+    checkpoint = folder / "checkpoints" / CLASSIFIER_CHECKPOINT
+    checkpoint.parent.mkdir(exist_ok=True)
+    net, history = train_crop_classifier(
+        tomograms, n, net_cfg, cfg, max_minutes, log, checkpoint=checkpoint
+    )
     save_crop_classifier(folder, net, spec.class_names, history, cfg)
+    checkpoint.unlink()
     if net_cfg.background:
         on = list(folders[:calibrate_on])
         log(f"calibrating the threshold of the vetoed picks on {len(on)} tomograms")
