@@ -45,7 +45,8 @@ After training, :func:`cryopose.tomo.picker.calibrate_picker` chooses the post-p
 (smoothed-foreground peaks or connected components) and its score threshold on the training
 tomograms; ``--reuse-model`` skips the training (and the calibration, when the model has one;
 and the classifier's training, when it has one) and picks again (training times taken from
-the models' logs).
+the models' logs). A background classifier trained elsewhere and copied into the model folder
+gets its cascade threshold calibrated as after training.
 
 Run from the repository root::
 
@@ -87,6 +88,7 @@ from cryopose.tomo.peaks import filter_picks
 from cryopose.tomo.picker import (
     UNCAPPED_STEPS,
     TrainConfig,
+    calibrate_cascade,
     calibrate_picker,
     load_picker,
     pick_tomogram,
@@ -207,6 +209,10 @@ def main() -> None:
     if args.classifier_minutes > 0 and reuse_classifier:  # its time from its own log
         history = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())["history"]
         logged_s += float(history[-1]["elapsed_s"]) if history else 0.0
+        if args.classifier_background and load_picker(model_dir)[0].cascade_threshold is None:
+            # A classifier copied in from another run: calibrated here as after its training
+            # (train_picker_classifier: the first two of its training tomograms).
+            calibrate_cascade(model_dir, train_dirs[:2])
     elif args.classifier_minutes > 0:
         n_cls = args.classifier_n_train or args.n_train
         cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
