@@ -134,6 +134,16 @@ def test_train_rejects_a_classifier_step_limit_below_one(
     assert not (tmp_path / "m").exists()
 
 
+def test_train_rejects_a_classifier_crop_that_is_not_a_multiple_of_4(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, _ = trained
+    code = main(["tomo", "train", str(tomo), "-o", str(tmp_path / "m"),
+                 "--classifier-steps", "5", "--classifier-crop", "18"])  # fmt: skip
+    assert code != 0 and "crop must be a multiple of 4" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
 def test_train_rejects_negative_classifier_minutes(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,9 +168,10 @@ def test_classifier_background_vetoes_picks_at_a_recalibrated_threshold(
     args += ["--steps-per-epoch", "10", "--batch-size", "2", "--patch", "32", "--width", "8"]
     # A step limit, not a time limit: the same classifier on a slow machine as on a fast one.
     args += ["--depth", "2", "--val-fraction", "0", "--classifier-steps", "30"]
-    assert main([*args, "--classifier-background"]) == 0
+    assert main([*args, "--classifier-background", "--classifier-crop", "20"]) == 0
     loaded = load_crop_classifier(model)
     assert loaded is not None and loaded[0].config.background
+    assert loaded[0].config.crop == 20
     classifier = json.loads((model / "classifier.json").read_text())
     assert (classifier["train"]["steps"], classifier["history"][-1]["step"]) == (30, 30)
     spec, net = load_picker(model)

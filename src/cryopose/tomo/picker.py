@@ -467,6 +467,7 @@ def train_picker(
     classifier_minutes: float | None = None,
     classifier_background: bool = False,
     classifier_steps: int | None = None,
+    classifier_crop: int | None = None,
 ) -> Path:
     """Train a U-Net picker on SHREC model folders and write the model folder.
 
@@ -501,6 +502,9 @@ def train_picker(
         gives the same classifier on any machine, a time limit does not. Default: with
         ``classifier_minutes`` no step limit (the time budget is used in full; the classifier
         was still improving at 10,000 steps), else :class:`ClassifierTrainConfig`'s 5,000.
+    classifier_crop
+        Edge in voxels of the cube the classifier sees; default
+        :class:`CropClassifierConfig`'s.
 
     Returns
     -------
@@ -518,6 +522,8 @@ def train_picker(
         raise InputError(None, f"classifier minutes must be >= 0, got {classifier_minutes}")
     if classifier_steps is not None and classifier_steps < 1:
         raise InputError(None, f"classifier steps must be >= 1, got {classifier_steps}")
+    if classifier_crop is not None:  # checked before hours of U-Net training, not after
+        CropClassifierConfig(1, crop=classifier_crop)
     with_classifier = bool(classifier_minutes) or classifier_steps is not None
     if classifier_background and not with_classifier:
         raise InputError(
@@ -596,6 +602,8 @@ def train_picker(
     calibrate_picker(folder, tomograms, device=device)
     if with_classifier:
         crop_net = CropClassifierConfig(len(names), background=classifier_background)
+        if classifier_crop is not None:
+            crop_net = replace(crop_net, crop=classifier_crop)
         crop_train = ClassifierTrainConfig()
         if classifier_steps is not None:
             crop_train = replace(crop_train, steps=classifier_steps)
