@@ -73,6 +73,18 @@ def _shells(box: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
     return shell, mult.expand_as(r)
 
 
+def _masked_rffts(
+    map1: torch.Tensor, map2: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, N, N // 2 + 1)`` complex128 rffts of both ``(N, N, N)`` maps, masked first."""
+    a = map1.to(torch.float64)
+    b = map2.to(device=a.device, dtype=torch.float64)
+    if mask is not None:
+        m = mask.to(device=a.device, dtype=torch.float64)
+        a, b = a * m, b * m
+    return torch.fft.rfftn(a), torch.fft.rfftn(b)
+
+
 def fsc(map1: torch.Tensor, map2: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Fourier shell correlation between two cubic maps.
 
@@ -90,21 +102,16 @@ def fsc(map1: torch.Tensor, map2: torch.Tensor, mask: torch.Tensor | None = None
         ``(N // 2 + 1,)`` float64 FSC per shell ``round(|k|)``, shell 0 (DC) set to 1.
     """
     _check_pair(map1, map2, mask)
-    a = map1.to(torch.float64)
-    b = map2.to(device=a.device, dtype=torch.float64)
-    if mask is not None:
-        m = mask.to(device=a.device, dtype=torch.float64)
-        a, b = a * m, b * m
-    fa, fb = torch.fft.rfftn(a), torch.fft.rfftn(b)
-    box = a.shape[0]
-    shell, mult = _shells(box, a.device)
+    fa, fb = _masked_rffts(map1, map2, mask)
+    box = map1.shape[0]
+    shell, mult = _shells(box, fa.device)
     n = box // 2 + 1
     keep = shell < n
     idx = shell[keep]
     w = mult[keep]
 
     def shell_sum(x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n, dtype=torch.float64, device=a.device).index_add_(0, idx, w * x)
+        return torch.zeros(n, dtype=torch.float64, device=fa.device).index_add_(0, idx, w * x)
 
     num = shell_sum((fa * fb.conj()).real[keep])
     den = torch.sqrt(shell_sum(fa.abs()[keep] ** 2) * shell_sum(fb.abs()[keep] ** 2))
@@ -176,17 +183,12 @@ def conical_fsc(
         raise InputError(
             None, f"expected a cone half angle in (0, 90] degrees, got {half_angle_deg}"
         )
-    a = map1.to(torch.float64)
-    b = map2.to(device=a.device, dtype=torch.float64)
-    if mask is not None:
-        m = mask.to(device=a.device, dtype=torch.float64)
-        a, b = a * m, b * m
-    fa, fb = torch.fft.rfftn(a), torch.fft.rfftn(b)
-    box = a.shape[0]
+    fa, fb = _masked_rffts(map1, map2, mask)
+    box = map1.shape[0]
     n = box // 2 + 1
-    shell, mult = _shells(box, a.device)
-    f = torch.fft.fftfreq(box, d=1.0 / box, device=a.device).to(torch.float64)
-    fx = torch.arange(n, device=a.device, dtype=torch.float64)
+    shell, mult = _shells(box, fa.device)
+    f = torch.fft.fftfreq(box, d=1.0 / box, device=fa.device).to(torch.float64)
+    fx = torch.arange(n, device=fa.device, dtype=torch.float64)
     # (x, y, z) frequency of every rfft voxel: dim 2 is x, dim 1 is y, dim 0 is z.
     shape = (box, box, n)
     k = torch.stack(
@@ -201,17 +203,17 @@ def conical_fsc(
     k, idx, w = k[keep], shell[keep], mult[keep]
     cross = w * (fa * fb.conj()).real[keep]
     pa, pb = w * fa.abs()[keep] ** 2, w * fb.abs()[keep] ** 2
-    d = directions.to(device=a.device, dtype=torch.float64)
+    d = directions.to(device=fa.device, dtype=torch.float64)
     d = d / torch.linalg.vector_norm(d, dim=-1, keepdim=True)
     cos_k = (k @ d.T).abs() / torch.linalg.vector_norm(k, dim=-1, keepdim=True)  # (M, K)
     inside = (cos_k >= math.cos(math.radians(half_angle_deg)) - 1e-12).to(torch.float64)
     n_dir = d.shape[0]
     # Flat (direction, shell) bins: voxel m of cone j goes to bin j * n + shell[m].
-    bins = (idx[:, None] + n * torch.arange(n_dir, device=a.device)[None, :]).reshape(-1)
+    bins = (idx[:, None] + n * torch.arange(n_dir, device=fa.device)[None, :]).reshape(-1)
 
     def cone_sum(x: torch.Tensor) -> torch.Tensor:
         flat = (inside * x[:, None]).reshape(-1)
-        total = torch.zeros(n_dir * n, dtype=torch.float64, device=a.device)
+        total = torch.zeros(n_dir * n, dtype=torch.float64, device=fa.device)
         return total.index_add_(0, bins, flat).reshape(n_dir, n)
 
     num = cone_sum(cross)
