@@ -202,3 +202,42 @@ def test_cascade_needs_a_classifier_with_a_background_output(
     code = main(["tomo", "train", str(tomo), "-o", str(tmp_path / "m"),
                  "--classifier-background"])  # fmt: skip
     assert code != 0 and "classifier minutes" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")
+def test_cascade_is_calibrated_on_the_tomograms_asked_for(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    tomo, trained_model = trained
+    other = simulate_tomogram(
+        tmp_path / "other", size=48, thickness=32, seed=11, snr=1.0, n_particles=4,
+        classes=["1bxn", "3j9i"], n_fiducials=0, n_vesicles=0, progress=False,
+    )  # fmt: skip
+    n_other, n_train = len(load_truth(other).class_ids), len(load_truth(tomo).class_ids)
+    assert n_other != n_train  # which tomogram calibrated shows in the counts
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    done = len(json.loads((model / "config.json").read_text())["history"])
+    args = ["tomo", "train", str(tomo), "-o", str(model), "--epochs", str(done)]
+    args += ["--steps-per-epoch", "10", "--batch-size", "2", "--patch", "32", "--width", "8"]
+    args += ["--depth", "2", "--val-fraction", "0", "--classifier-steps", "30"]
+    args += ["--classifier-background", "--classifier-crop", "20", "--calibrate", str(other)]
+    assert main(args) == 0
+    calibration = load_picker(model)[0].calibration
+    assert calibration["cascade_tp"] + calibration["cascade_fn"] == n_other
+    # The same as calibrating the trained folder on that tomogram afterwards.
+    again = calibrate_cascade(model, [other])
+    assert again.cascade_threshold == pytest.approx(calibration["cascade_threshold"])
+
+
+def test_calibration_tomograms_are_checked_before_training(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, _ = trained
+    base = ["tomo", "train", str(tomo), "-o", str(tmp_path / "m"), "--classifier-steps", "5"]
+    assert main([*base, "--calibrate", str(tomo)]) != 0
+    assert "background output" in capsys.readouterr().err
+    missing = tmp_path / "nowhere"
+    assert main([*base, "--classifier-background", "--calibrate", str(missing)]) != 0
+    assert str(missing / "reconstruction.mrc") in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -254,6 +254,14 @@ def train(
         int | None,
         typer.Option(help="Edge in voxels of the cube the crop classifier sees (multiple of 4)."),
     ] = None,
+    calibrate: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="With --classifier-background: a simulated tomogram folder that calibrates "
+            "the vetoed picks' threshold (repeat for more; best ones not trained on, where the "
+            "U-Net's scores are not inflated; default the first two training folders)."
+        ),
+    ] = None,
 ) -> None:
     """Train a 3D U-Net picker (13-class segmentation) on simulated tomograms.
 
@@ -292,6 +300,7 @@ def train(
         classifier_background=classifier_background,
         classifier_steps=classifier_steps,
         classifier_crop=classifier_crop,
+        classifier_calibration=calibrate or None,
     )
     with_classifier = classifier_minutes or classifier_steps is not None
     extra = ", classifier.json, classifier.pt" if with_classifier else ""
