@@ -23,6 +23,7 @@ from cryopose.tomo.classifier import (
     load_crop_classifier,
     save_crop_classifier,
     train_crop_classifier,
+    zero_subnormals,
 )
 from cryopose.tomo.segmentation import TomogramLabels
 
@@ -191,3 +192,30 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> Non
     ckpt.write_bytes(b"truncated")
     with pytest.raises(InputError, match=r"classifier\.ckpt.*unreadable"):
         train_crop_classifier(train, 2, config, settings, checkpoint=ckpt)
+
+
+def test_zero_subnormals_zeroes_only_values_below_the_smallest_normal() -> None:
+    tiny32 = torch.finfo(torch.float32).tiny  # 1.18e-38, the smallest normal float32
+    a = torch.tensor([1e-40, -1e-40, tiny32, -tiny32, 0.5, 0.0], dtype=torch.float32)
+    assert a[0] != 0 and a[0].abs() < tiny32  # stored as a subnormal, not flushed already
+    b = torch.tensor([1e-310, 1e-300], dtype=torch.float64)  # float64 has its own limit
+    ints = torch.tensor([0, 1, 2])
+    zero_subnormals([a, b, ints, torch.empty(0)])
+    expected = torch.tensor([0.0, 0.0, tiny32, -tiny32, 0.5, 0.0], dtype=torch.float32)
+    assert torch.equal(a, expected)
+    assert torch.equal(b, torch.tensor([0.0, 1e-300], dtype=torch.float64))
+    assert torch.equal(ints, torch.tensor([0, 1, 2]))
+
+
+def test_loading_zeroes_subnormal_weights_written_by_older_training(tmp_path: Path) -> None:
+    net = CropClassifier(CropClassifierConfig(3, 8, 2))
+    weight = net.head.weight
+    with torch.no_grad():
+        weight[0, 0] = 1e-40  # a channel that weight decay shrank for thousands of steps
+    kept = weight.detach().clone()
+    save_crop_classifier(tmp_path, net, "abc")
+    loaded = load_crop_classifier(tmp_path)
+    assert loaded is not None
+    head = loaded[0].head.weight.detach()
+    assert float(head[0, 0]) == 0.0
+    assert torch.equal(head[1:], kept[1:])

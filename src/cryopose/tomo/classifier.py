@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,31 @@ def background_centres(
     return torch.cat(found)[:n]
 
 
+def zero_subnormals(tensors: Iterable[torch.Tensor]) -> None:
+    """Set the subnormal values of floating-point ``tensors`` (any shapes) to zero, in place.
+
+    Weights of channels that no longer receive gradient shrink under weight decay into the
+    subnormal range (below ``torch.finfo(dtype).tiny``), where CPU arithmetic is several
+    times slower: measured, a classifier after 18,000 steps (7 % of its weights subnormal)
+    trained at 1.5 steps/s instead of 7.5, and ``torch.set_flush_denormal`` reaches only the
+    calling thread, not the intra-op workers. Zero is what those values round to anyway.
+    """
+    with torch.no_grad():
+        for t in tensors:
+            if t.is_floating_point() and t.numel() > 0:
+                t.masked_fill_(t.abs() < torch.finfo(t.dtype).tiny, 0.0)
+
+
+def _moments(optimiser: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Return the optimiser's per-parameter state tensors (Adam's moments, not step counts)."""
+    return [
+        v
+        for state in optimiser.state.values()
+        for v in state.values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0
+    ]
+
+
 def _accuracy(net: CropClassifier, crops: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of crops ``(n, e, e, e)`` classified as ``labels`` ``(n,)``."""
     if labels.numel() == 0:
@@ -401,6 +426,7 @@ def train_crop_classifier(
         optimiser.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
+        zero_subnormals([*net.state_dict().values(), *_moments(optimiser)])
         loss_sum, n_loss = loss_sum + float(loss.detach()), n_loss + 1
         elapsed = time.perf_counter() - start
         out_of_time = budget is not None and elapsed > budget
@@ -578,7 +604,9 @@ def load_crop_classifier(
         raise InputError(weights, "missing; expected the weights of the crop classifier")
     try:
         net = CropClassifier(config)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        zero_subnormals(state.values())  # written before training zeroed them: slow on CPU
+        net.load_state_dict(state)
     except Exception as exc:  # torch.load raises many kinds on a damaged file
         raise InputError(weights, f"unreadable, or weights do not fit {config} ({exc!r})") from exc
     if len(names) != config.n_classes:
