@@ -23,7 +23,7 @@ from cryopose.tomo.classifier import (
     load_crop_classifier,
     save_crop_classifier,
     train_crop_classifier,
-    zero_subnormals,
+    zero_tiny,
 )
 from cryopose.tomo.segmentation import TomogramLabels
 
@@ -194,17 +194,20 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> Non
         train_crop_classifier(train, 2, config, settings, checkpoint=ckpt)
 
 
-def test_zero_subnormals_zeroes_only_values_below_the_smallest_normal() -> None:
+def test_zero_tiny_zeroes_only_values_below_the_cut() -> None:
     tiny32 = torch.finfo(torch.float32).tiny  # 1.18e-38, the smallest normal float32
-    a = torch.tensor([1e-40, -1e-40, tiny32, -tiny32, 0.5, 0.0], dtype=torch.float32)
+    a = torch.tensor([1e-40, -1e-40, tiny32, -1e-25, 2e-20, 0.5, 0.0], dtype=torch.float32)
     assert a[0] != 0 and a[0].abs() < tiny32  # stored as a subnormal, not flushed already
-    b = torch.tensor([1e-310, 1e-300], dtype=torch.float64)  # float64 has its own limit
+    b = torch.tensor([1e-310, 1e-21, 1e-19], dtype=torch.float64)
     ints = torch.tensor([0, 1, 2])
-    zero_subnormals([a, b, ints, torch.empty(0)])
-    expected = torch.tensor([0.0, 0.0, tiny32, -tiny32, 0.5, 0.0], dtype=torch.float32)
+    zero_tiny([a, b, ints, torch.empty(0)])
+    expected = torch.tensor([0.0, 0.0, 0.0, 0.0, 2e-20, 0.5, 0.0], dtype=torch.float32)
     assert torch.equal(a, expected)
-    assert torch.equal(b, torch.tensor([0.0, 1e-300], dtype=torch.float64))
+    assert torch.equal(b, torch.tensor([0.0, 0.0, 1e-19], dtype=torch.float64))
     assert torch.equal(ints, torch.tensor([0, 1, 2]))
+    c = torch.tensor([1e-5, 1e-3])
+    zero_tiny([c], below=1e-4)
+    assert torch.equal(c, torch.tensor([0.0, 1e-3]))
 
 
 def test_loading_zeroes_subnormal_weights_written_by_older_training(tmp_path: Path) -> None:
