@@ -134,13 +134,17 @@ def test_train_rejects_a_classifier_step_limit_below_one(
     assert not (tmp_path / "m").exists()
 
 
-def test_train_rejects_a_classifier_crop_that_is_not_a_multiple_of_4(
+def test_train_rejects_a_bad_classifier_architecture_before_training(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tomo, _ = trained
     code = main(["tomo", "train", str(tomo), "-o", str(tmp_path / "m"),
                  "--classifier-steps", "5", "--classifier-crop", "18"])  # fmt: skip
     assert code != 0 and "crop must be a multiple of 4" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    code = main(["tomo", "train", str(tomo), "-o", str(tmp_path / "m"),
+                 "--classifier-steps", "5", "--classifier-full-res-blocks", "0"])  # fmt: skip
+    assert code != 0 and "full_res_blocks must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 
@@ -222,7 +226,9 @@ def test_cascade_is_calibrated_on_the_tomograms_asked_for(
     args += ["--steps-per-epoch", "10", "--batch-size", "2", "--patch", "32", "--width", "8"]
     args += ["--depth", "2", "--val-fraction", "0", "--classifier-steps", "30"]
     args += ["--classifier-background", "--classifier-crop", "20", "--calibrate", str(other)]
-    assert main(args) == 0
+    assert main([*args, "--classifier-full-res-blocks", "2"]) == 0
+    loaded = load_crop_classifier(model)
+    assert loaded is not None and loaded[0].config.full_res_blocks == 2
     calibration = load_picker(model)[0].calibration
     assert calibration["cascade_tp"] + calibration["cascade_fn"] == n_other
     # The same as calibrating the trained folder on that tomogram afterwards.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -222,3 +223,33 @@ def test_loading_zeroes_subnormal_weights_written_by_older_training(tmp_path: Pa
     head = loaded[0].head.weight.detach()
     assert float(head[0, 0]) == 0.0
     assert torch.equal(head[1:], kept[1:])
+
+
+def test_full_resolution_blocks_round_trip_and_older_files_load_with_one(tmp_path: Path) -> None:
+    deep = CropClassifier(CropClassifierConfig(3, 8, 2, full_res_blocks=2))
+    convs = [m for m in deep.features.modules() if isinstance(m, torch.nn.Conv3d)]
+    shallow = CropClassifier(CropClassifierConfig(3, 8, 2, full_res_blocks=1))
+    assert (
+        len(convs)
+        == len([m for m in shallow.features.modules() if isinstance(m, torch.nn.Conv3d)]) + 2
+    )
+    # the extra block sees the crop before pooling: its output keeps the crop's edge
+    first_pool = next(i for i, m in enumerate(deep.features) if isinstance(m, torch.nn.MaxPool3d))
+    assert deep.features[:first_pool](torch.zeros(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
+    assert first_pool == 2
+    save_crop_classifier(tmp_path, deep, "abc")
+    loaded = load_crop_classifier(tmp_path)
+    assert loaded is not None and loaded[0].config.full_res_blocks == 2
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded[0](x), deep.eval()(x))
+    # a classifier.json written before the option existed describes one block
+    save_crop_classifier(tmp_path, shallow, "abc")
+    path = tmp_path / CLASSIFIER_CONFIG
+    data = json.loads(path.read_text())
+    del data["network"]["full_res_blocks"]
+    path.write_text(json.dumps(data))
+    old = load_crop_classifier(tmp_path)
+    assert old is not None and old[0].config.full_res_blocks == 1
+    with pytest.raises(InputError, match="full_res_blocks"):
+        CropClassifierConfig(3, 8, 2, full_res_blocks=0)

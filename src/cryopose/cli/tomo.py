@@ -254,6 +254,10 @@ def train(
         int | None,
         typer.Option(help="Edge in voxels of the cube the crop classifier sees (multiple of 4)."),
     ] = None,
+    classifier_full_res_blocks: Annotated[
+        int | None,
+        typer.Option(help="Convolution blocks of the crop classifier before its first pooling."),
+    ] = None,
     calibrate: Annotated[
         list[Path] | None,
         typer.Option(
@@ -300,6 +304,7 @@ def train(
         classifier_background=classifier_background,
         classifier_steps=classifier_steps,
         classifier_crop=classifier_crop,
+        classifier_full_res_blocks=classifier_full_res_blocks,
         classifier_calibration=calibrate or None,
     )
     with_classifier = classifier_minutes or classifier_steps is not None

@@ -85,7 +85,15 @@ class CropClassifierConfig:
         (held-out accuracy 0.89 against 0.83; small F1 0.717 against 0.672 on 12 test
         tomograms), as well as one trained 130 minutes on 24.
     width
-        Channels of the first block; each of the three blocks doubles them.
+        Channels of the first block; each of the two later blocks doubles them.
+    full_res_blocks
+        Convolution blocks at the crop's full resolution, before the first pooling. A small
+        protein is 5-6 voxels across and the first pooling halves it; a second block there
+        costs 1.8x the time per step (6.6 against 11.7 steps/s at 16^3, width 16, 2 threads)
+        but learns more per step: trained 90 minutes on 64 tomograms (35,400 steps), two
+        blocks name small proteins with F1 0.768 and medium ones with 0.915 on 12 test
+        tomograms, against 0.744 and 0.883 for one block trained 100 minutes. Files written
+        before this option describe one block.
     background
         One more output after the protein classes: "no particle here" (module docstring).
     """
@@ -94,6 +102,7 @@ class CropClassifierConfig:
     crop: int = 16
     width: int = 16
     background: bool = False
+    full_res_blocks: int = 2
 
     @property
     def n_outputs(self) -> int:
@@ -101,21 +110,23 @@ class CropClassifierConfig:
         return self.n_classes + int(self.background)
 
     def __post_init__(self) -> None:
-        if self.n_classes < 1 or self.width < 1:
-            raise InputError(None, f"n_classes and width must be >= 1, got {self}")
+        if self.n_classes < 1 or self.width < 1 or self.full_res_blocks < 1:
+            raise InputError(None, f"n_classes, width and full_res_blocks must be >= 1, got {self}")
         if self.crop < 8 or self.crop % 4:
             raise InputError(None, f"crop must be a multiple of 4 and >= 8, got {self.crop}")
 
 
 class CropClassifier(nn.Module):
-    """Three convolution blocks (two pooled), global average pooling, a linear layer."""
+    """Convolution blocks at three resolutions, global average pooling, a linear layer."""
 
     def __init__(self, config: CropClassifierConfig) -> None:
         super().__init__()
         self.config = config
         w = config.width
+        full_res = [conv_block(w, w) for _ in range(config.full_res_blocks - 1)]
         self.features = nn.Sequential(
             conv_block(1, w),
+            *full_res,
             nn.MaxPool3d(2),
             conv_block(w, 2 * w),
             nn.MaxPool3d(2),
@@ -598,7 +609,8 @@ def load_crop_classifier(
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        config = CropClassifierConfig(**data["network"])
+        # files written before the option had one full-resolution block
+        config = CropClassifierConfig(**{"full_res_blocks": 1, **data["network"]})
         names = [str(n) for n in data["class_names"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(path, f"expected a crop-classifier description ({exc})") from exc

@@ -468,6 +468,7 @@ def train_picker(
     classifier_background: bool = False,
     classifier_steps: int | None = None,
     classifier_crop: int | None = None,
+    classifier_full_res_blocks: int | None = None,
     classifier_calibration: Sequence[str | Path] | None = None,
 ) -> Path:
     """Train a U-Net picker on SHREC model folders and write the model folder.
@@ -506,6 +507,9 @@ def train_picker(
     classifier_crop
         Edge in voxels of the cube the classifier sees; default
         :class:`CropClassifierConfig`'s.
+    classifier_full_res_blocks
+        Convolution blocks of the classifier before its first pooling; default
+        :class:`CropClassifierConfig`'s.
     classifier_calibration
         With a background output: tomogram folders, best not among ``folders``, that
         calibrate the threshold of the vetoed picks; default the first two of ``folders``
@@ -527,8 +531,11 @@ def train_picker(
         raise InputError(None, f"classifier minutes must be >= 0, got {classifier_minutes}")
     if classifier_steps is not None and classifier_steps < 1:
         raise InputError(None, f"classifier steps must be >= 1, got {classifier_steps}")
+    crop_net = CropClassifierConfig(max(len(class_names), 1), background=classifier_background)
     if classifier_crop is not None:  # checked before hours of U-Net training, not after
-        CropClassifierConfig(1, crop=classifier_crop)
+        crop_net = replace(crop_net, crop=classifier_crop)
+    if classifier_full_res_blocks is not None:
+        crop_net = replace(crop_net, full_res_blocks=classifier_full_res_blocks)
     with_classifier = bool(classifier_minutes) or classifier_steps is not None
     if classifier_background and not with_classifier:
         raise InputError(
@@ -615,9 +622,7 @@ def train_picker(
     save_picker(folder, spec, module.net)
     calibrate_picker(folder, tomograms, device=device)
     if with_classifier:
-        crop_net = CropClassifierConfig(len(names), background=classifier_background)
-        if classifier_crop is not None:
-            crop_net = replace(crop_net, crop=classifier_crop)
+        crop_net = replace(crop_net, n_classes=len(names))  # a resumed model's classes
         crop_train = ClassifierTrainConfig()
         if classifier_steps is not None:
             crop_train = replace(crop_train, steps=classifier_steps)
