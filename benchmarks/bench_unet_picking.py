@@ -170,6 +170,13 @@ def _args() -> argparse.Namespace:
         "default became 16)",
     )
     parser.add_argument(
+        "--classifier-full-res-blocks",
+        type=int,
+        default=1,
+        help="convolution blocks of the classifier before its first pooling (1, as in the rows "
+        "before the option)",
+    )
+    parser.add_argument(
         "--assembly",
         choices=("biological", "deposited"),
         default="biological",
@@ -253,6 +260,7 @@ def main() -> None:
         existing is not None
         and existing[0].config.background == args.classifier_background
         and existing[0].config.crop == crop
+        and existing[0].config.full_res_blocks == args.classifier_full_res_blocks
     )
     if args.classifier_minutes > 0 and reuse_classifier:  # its time from its own log
         history = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())["history"]
@@ -268,7 +276,12 @@ def main() -> None:
         train_picker_classifier(
             cls_dirs,
             model_dir,
-            CropClassifierConfig(n_classes, crop=crop, background=args.classifier_background),
+            CropClassifierConfig(
+                n_classes,
+                crop=crop,
+                background=args.classifier_background,
+                full_res_blocks=args.classifier_full_res_blocks,
+            ),
             ClassifierTrainConfig(steps=steps),
             max_minutes=args.classifier_minutes,
             calibration=calibration,
@@ -345,6 +358,9 @@ def main() -> None:
         if args.classifier_crop != 24:
             options += f" --classifier-crop {args.classifier_crop}"
             trained += f", {args.classifier_crop}^3 crops"
+        if args.classifier_full_res_blocks != 1:
+            options += f" --classifier-full-res-blocks {args.classifier_full_res_blocks}"
+            trained += f", {args.classifier_full_res_blocks} blocks before pooling"
         if args.classifier_steps is not None:
             options += f" --classifier-steps {args.classifier_steps}"
             trained += f" (at most {args.classifier_steps} steps)"
@@ -366,6 +382,8 @@ def main() -> None:
         units = ", asymmetric units (SHREC's masses)"
     if args.classifier_minutes > 0 and args.classifier_background:
         units += ", background veto"
+    if args.threads != 1:  # a time budget buys more steps on more threads
+        options += f" --threads {args.threads}"
     if args.n_test > 1:
         options += f" --n-test {args.n_test}"
         units += f", {args.n_test} test tomograms pooled"
