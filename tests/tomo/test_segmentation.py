@@ -162,3 +162,15 @@ def test_best_threshold_maximises_f1_by_hand() -> None:
     assert got["threshold"] == pytest.approx(0.55)
     assert (got["tp"], got["fp"], got["fn"]) == (3.0, 1.0, 1.0)
     assert best_threshold(scores[:0], hits[:0], 4, default=0.3)["threshold"] == 0.3
+
+
+def test_best_threshold_within_a_tolerance_keeps_more_picks() -> None:
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    hits = torch.tensor([True, True, False, False, True])
+    # Kept from the top, 3 true particles: F1 = 0.5, 0.8 (k=2), 0.667, 0.571, 0.75 (k=5).
+    assert best_threshold(scores, hits, 3)["threshold"] == pytest.approx(0.75)
+    assert best_threshold(scores, hits, 3, tolerance=0.04)["threshold"] == pytest.approx(0.75)
+    got = best_threshold(scores, hits, 3, tolerance=0.06)
+    assert got["threshold"] == pytest.approx(0.25)  # halfway to 0 below the lowest
+    assert got["f1"] == pytest.approx(0.75)
+    assert (got["tp"], got["fp"], got["fn"]) == (3.0, 2.0, 0.0)
