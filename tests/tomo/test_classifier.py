@@ -253,3 +253,28 @@ def test_full_resolution_blocks_round_trip_and_older_files_load_with_one(tmp_pat
     assert old is not None and old[0].config.full_res_blocks == 1
     with pytest.raises(InputError, match="full_res_blocks"):
         CropClassifierConfig(3, 8, 2, full_res_blocks=0)
+
+
+class _CentreMean(CropClassifier):
+    """Two classes from the mean of the crop's central 2^3 voxels (unchanged by the flips)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.config.crop // 2
+        m = x[:, 0, h - 1 : h + 1, h - 1 : h + 1, h - 1 : h + 1].mean(dim=(1, 2, 3))
+        return torch.stack([10 * m, -10 * m], dim=1)
+
+
+def test_shift_augmentation_averages_the_pick_and_its_six_neighbours() -> None:
+    net = _CentreMean(CropClassifierConfig(2, 8, 1))
+    volume = torch.zeros(16, 16, 16)
+    c = 8
+    volume[c, c, c] = 0.1  # in the central block of the pick and of its +z, +y, +x neighbours
+    for axis in range(3):  # each only in the central block of one -1 neighbour
+        far = [c, c, c]
+        far[axis] -= 2
+        volume[tuple(far)] = -100.0
+    picks = Picks(["?"], np.array([[c, c, c]], dtype=float), scores=np.array([1.0]))
+    # Alone, the pick's crop says "a" (p = 0.562). With the shifts: 4 x 0.562 for "a" against
+    # 4 x 0.438 + 3 x 1.0 for "b".
+    assert list(classify_picks(volume, picks, net, ("a", "b"), shifts=False).class_ids) == ["a"]
+    assert list(classify_picks(volume, picks, net, ("a", "b")).class_ids) == ["b"]

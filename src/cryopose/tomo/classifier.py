@@ -509,6 +509,12 @@ def _resume(
     )
 
 
+#: Crop centres of the shift test-time augmentation: the pick, then one voxel off along each axis.
+_NEIGHBOURS = torch.tensor(
+    [[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]
+)
+
+
 def classify_picks(
     volume: torch.Tensor,
     picks: Picks,
@@ -517,6 +523,7 @@ def classify_picks(
     device: str | torch.device = "cpu",
     batch_size: int = 128,
     flips: bool = True,
+    shifts: bool = True,
 ) -> Picks:
     """Replace each pick's class by the classifier's; drop picks it calls background.
 
@@ -536,6 +543,12 @@ def classify_picks(
     flips
         Average the class probabilities over the wedge-keeping flips of training (test-time
         augmentation, 4 passes) instead of one pass.
+    shifts
+        Also average over crops centred one voxel off the pick along each axis (7 centres;
+        picks are about 1.5 voxels off the particle's centre). Measured with the two-block
+        classifier on 12 test tomograms: small-protein F1 0.782 against 0.776, medium 0.918
+        against 0.915, for 7x the classifier's time (picking the 12 tomograms: 0.19 against
+        0.09 core-h).
 
     Returns
     -------
@@ -548,19 +561,21 @@ def classify_picks(
     if len(picks) == 0:
         return picks
     centres = torch.as_tensor(np.round(picks.coords[:, ::-1]).astype(np.int64))
-    crops = extract_crops(volume.to(torch.float32), centres, net.config.crop)
     net = net.to(device).eval()
     views = augment_rotations() if flips else [()]
-    prob = torch.zeros(crops.shape[0], net.config.n_outputs)
+    offsets = _NEIGHBOURS if shifts else _NEIGHBOURS[:1]
+    prob = torch.zeros(len(centres), net.config.n_outputs)
     with torch.no_grad():
-        for dims in views:
-            view = crops.flip([d + 1 for d in dims]) if dims else crops  # dim 0: crops
-            prob += torch.cat(
-                [
-                    torch.softmax(net(b.unsqueeze(1).to(device)), dim=1).cpu()
-                    for b in torch.split(view, batch_size)
-                ]
-            )
+        for offset in offsets:
+            crops = extract_crops(volume.to(torch.float32), centres + offset, net.config.crop)
+            for dims in views:
+                view = crops.flip([d + 1 for d in dims]) if dims else crops  # dim 0: crops
+                prob += torch.cat(
+                    [
+                        torch.softmax(net(b.unsqueeze(1).to(device)), dim=1).cpu()
+                        for b in torch.split(view, batch_size)
+                    ]
+                )
     pred = prob.argmax(1).numpy()
     keep = pred < net.config.n_classes  # the background output is the last one
     names = np.asarray(class_names)[pred[keep]]
