@@ -177,6 +177,12 @@ def _args() -> argparse.Namespace:
         "before the option)",
     )
     parser.add_argument(
+        "--classifier-ema",
+        type=float,
+        default=0.0,
+        help="decay of the classifier's moving average of weights (0: none, as rows before it)",
+    )
+    parser.add_argument(
         "--assembly",
         choices=("biological", "deposited"),
         default="biological",
@@ -212,6 +218,12 @@ def _simulate(root: Path, args: argparse.Namespace, seed: int) -> Path:
             assembly=args.assembly,
         )  # fmt: skip
     return folder
+
+
+def _trained_with(model_dir: Path) -> dict[str, object]:
+    """Training settings of the crop classifier in ``model_dir`` (empty when not recorded)."""
+    train = json.loads((model_dir / CLASSIFIER_CONFIG).read_text()).get("train")
+    return train if isinstance(train, dict) else {}
 
 
 def main() -> None:
@@ -261,6 +273,7 @@ def main() -> None:
         and existing[0].config.background == args.classifier_background
         and existing[0].config.crop == crop
         and existing[0].config.full_res_blocks == args.classifier_full_res_blocks
+        and _trained_with(model_dir).get("ema", 0.0) == args.classifier_ema
     )
     if args.classifier_minutes > 0 and reuse_classifier:  # its time from its own log
         history = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())["history"]
@@ -282,7 +295,7 @@ def main() -> None:
                 background=args.classifier_background,
                 full_res_blocks=args.classifier_full_res_blocks,
             ),
-            ClassifierTrainConfig(steps=steps),
+            ClassifierTrainConfig(steps=steps, ema=args.classifier_ema),
             max_minutes=args.classifier_minutes,
             calibration=calibration,
         )
@@ -361,6 +374,9 @@ def main() -> None:
         if args.classifier_full_res_blocks != 1:
             options += f" --classifier-full-res-blocks {args.classifier_full_res_blocks}"
             trained += f", {args.classifier_full_res_blocks} blocks before pooling"
+        if args.classifier_ema:
+            options += f" --classifier-ema {args.classifier_ema:g}"
+            trained += f", weights averaged (decay {args.classifier_ema:g})"
         if args.classifier_steps is not None:
             options += f" --classifier-steps {args.classifier_steps}"
             trained += f" (at most {args.classifier_steps} steps)"
