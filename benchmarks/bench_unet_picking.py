@@ -183,6 +183,13 @@ def _args() -> argparse.Namespace:
         help="decay of the classifier's moving average of weights (0: none, as rows before it)",
     )
     parser.add_argument(
+        "--classifier-eval-every",
+        type=int,
+        default=100,
+        help="classifier steps between held-out measurements (100, as rows before the option; "
+        "the library's default is 500)",
+    )
+    parser.add_argument(
         "--assembly",
         choices=("biological", "deposited"),
         default="biological",
@@ -274,6 +281,7 @@ def main() -> None:
         and existing[0].config.crop == crop
         and existing[0].config.full_res_blocks == args.classifier_full_res_blocks
         and _trained_with(model_dir).get("ema", 0.0) == args.classifier_ema
+        and _trained_with(model_dir).get("eval_every", 100) == args.classifier_eval_every
     )
     if args.classifier_minutes > 0 and reuse_classifier:  # its time from its own log
         history = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())["history"]
@@ -295,7 +303,9 @@ def main() -> None:
                 background=args.classifier_background,
                 full_res_blocks=args.classifier_full_res_blocks,
             ),
-            ClassifierTrainConfig(steps=steps, ema=args.classifier_ema),
+            ClassifierTrainConfig(
+                steps=steps, ema=args.classifier_ema, eval_every=args.classifier_eval_every
+            ),
             max_minutes=args.classifier_minutes,
             calibration=calibration,
         )
@@ -377,6 +387,9 @@ def main() -> None:
         if args.classifier_ema:
             options += f" --classifier-ema {args.classifier_ema:g}"
             trained += f", weights averaged (decay {args.classifier_ema:g})"
+        if args.classifier_eval_every != 100:
+            options += f" --classifier-eval-every {args.classifier_eval_every}"
+            trained += f", held-out accuracy every {args.classifier_eval_every} steps"
         if args.classifier_steps is not None:
             options += f" --classifier-steps {args.classifier_steps}"
             trained += f" (at most {args.classifier_steps} steps)"

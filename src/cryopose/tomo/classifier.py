@@ -191,7 +191,9 @@ class ClassifierTrainConfig:
     val_fraction
         Share of the particles held out to measure accuracy.
     eval_every
-        Steps between accuracy measurements.
+        Steps between accuracy measurements (and checkpoints). Scoring the held-out crops
+        costs about as much as 100 steps when they number about 5,000 (96 tomograms of
+        256 x 256 x 100), so measuring every 100 steps halved the steps per minute.
     seed
         Seed of the split, the sampling and the initial weights.
     background_fraction
@@ -213,7 +215,7 @@ class ClassifierTrainConfig:
     weight_decay: float = 1e-4
     jitter: int = 2
     val_fraction: float = 0.15
-    eval_every: int = 100
+    eval_every: int = 500
     seed: int = 0
     background_fraction: float = 0.25
     background_distance: float = 4.0
@@ -432,7 +434,8 @@ def train_crop_classifier(
     settings = {"network": asdict(net_cfg), "train": asdict(cfg), "examples": labels.numel()}
     # The averaged weights live in a second network, so that held-out accuracy can use them.
     shadow = CropClassifier(net_cfg) if cfg.ema > 0 else None
-    if shadow is not None:
+    if shadow is not None:  # channels-last too: scoring the held-out crops 1.7x faster
+        shadow.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         shadow.load_state_dict(net.state_dict())
     if checkpoint is not None and Path(checkpoint).is_file():
         first, spent, best, best_state, history = _resume(
