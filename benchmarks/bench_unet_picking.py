@@ -74,8 +74,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -100,6 +102,8 @@ from cryopose.tomo.classifier import (
     CropClassifierConfig,
     classify_picks,
     load_crop_classifier,
+    save_crop_classifier,
+    train_crop_classifier,
 )
 from cryopose.tomo.peaks import filter_picks
 from cryopose.tomo.picker import (
@@ -107,12 +111,13 @@ from cryopose.tomo.picker import (
     TrainConfig,
     calibrate_cascade,
     calibrate_picker,
+    ensemble_picker_classifiers,
     load_picker,
     pick_tomogram,
     train_picker,
     train_picker_classifier,
 )
-from cryopose.tomo.segmentation import normalise
+from cryopose.tomo.segmentation import load_tomogram_labels, normalise
 from cryopose.tomo.template_matching import MatchConfig, match_tomogram
 from cryopose.tomo.templates import load_templates
 
@@ -190,6 +195,13 @@ def _args() -> argparse.Namespace:
         "the library's default is 500)",
     )
     parser.add_argument(
+        "--classifier-members",
+        type=int,
+        default=1,
+        help="crop classifiers averaged (an ensemble): the others are trained as the first "
+        "with seeds 1, 2, ... (each --classifier-minutes, all counted in the compute)",
+    )
+    parser.add_argument(
         "--assembly",
         choices=("biological", "deposited"),
         default="biological",
@@ -225,6 +237,39 @@ def _simulate(root: Path, args: argparse.Namespace, seed: int) -> Path:
             assembly=args.assembly,
         )  # fmt: skip
     return folder
+
+
+def _member(
+    model_dir: Path,
+    k: int,
+    cls_dirs: list[Path],
+    network: CropClassifierConfig,
+    train: ClassifierTrainConfig,
+    minutes: float,
+) -> tuple[Path, float]:
+    """Crop classifier ``k >= 1`` of an ensemble: the first's settings with seed ``k``.
+
+    Trained into ``model_dir/member{k}`` (resuming its checkpoint), or reused from there when
+    its settings match. Returns the folder and its logged training seconds when reused (0
+    when trained now: the caller's clock counts it).
+    """
+    folder = model_dir / f"member{k}"
+    cfg = replace(train, seed=k)
+    written = folder / CLASSIFIER_CONFIG
+    if written.is_file():
+        data = json.loads(written.read_text())
+        if data.get("train") == asdict(cfg) and data.get("network") == asdict(network):
+            return folder, float(data["history"][-1]["elapsed_s"])
+    names = load_picker(model_dir)[0].class_names
+    tomograms = [load_tomogram_labels(d, names) for d in cls_dirs]
+    checkpoint = folder / "checkpoints" / "classifier.ckpt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    net, history = train_crop_classifier(
+        tomograms, len(names), network, cfg, minutes, log=print, checkpoint=checkpoint
+    )
+    save_crop_classifier(folder, net, names, history, cfg)
+    checkpoint.unlink()
+    return folder, 0.0
 
 
 def _trained_with(model_dir: Path) -> dict[str, object]:
@@ -309,10 +354,34 @@ def main() -> None:
             max_minutes=args.classifier_minutes,
             calibration=calibration,
         )
+    pick_dir = model_dir
+    if args.classifier_minutes > 0 and args.classifier_members > 1:
+        loaded = load_crop_classifier(model_dir)
+        assert loaded is not None
+        first = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())
+        cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
+        others = []
+        for k in range(1, args.classifier_members):
+            folder, seconds = _member(
+                model_dir,
+                k,
+                cls_dirs,
+                loaded[0].config,
+                ClassifierTrainConfig(**first["train"]),
+                args.classifier_minutes,
+            )
+            others.append(folder)
+            logged_s += seconds
+        pick_dir = model_dir.with_name(f"{model_dir.name}_members{args.classifier_members}")
+        shutil.rmtree(pick_dir, ignore_errors=True)
+        shutil.copytree(
+            model_dir, pick_dir, ignore=shutil.ignore_patterns("checkpoints", "member*")
+        )
+        ensemble_picker_classifiers(pick_dir, others, calibration)
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
-    spec, net = load_picker(model_dir)
-    classifier = load_crop_classifier(model_dir) if args.classifier_minutes > 0 else None
+    spec, net = load_picker(pick_dir)
+    classifier = load_crop_classifier(pick_dir) if args.classifier_minutes > 0 else None
     unet_only_pairs, pairs, pick_wall = [], [], 0.0
     for folder in [test_dir, *more_tests]:
         tomo, angpix = read_map(folder / "reconstruction.mrc")
@@ -390,6 +459,10 @@ def main() -> None:
         if args.classifier_eval_every != 100:
             options += f" --classifier-eval-every {args.classifier_eval_every}"
             trained += f", held-out accuracy every {args.classifier_eval_every} steps"
+        if args.classifier_members > 1:
+            options += f" --classifier-members {args.classifier_members}"
+            trained += f", {args.classifier_members} classifiers averaged (seeds 0-"
+            trained += f"{args.classifier_members - 1}, each {args.classifier_minutes:g} min)"
         if args.classifier_steps is not None:
             options += f" --classifier-steps {args.classifier_steps}"
             trained += f" (at most {args.classifier_steps} steps)"

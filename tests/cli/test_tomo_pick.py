@@ -17,7 +17,12 @@ from cryopose.evaluation.shrec import evaluate_picks, load_truth
 from cryopose.io.mrc import read_map
 from cryopose.io.picks import read_picks
 from cryopose.simulate.tomogram import simulate_tomogram
-from cryopose.tomo.classifier import ClassifierTrainConfig, classify_picks, load_crop_classifier
+from cryopose.tomo.classifier import (
+    ClassifierTrainConfig,
+    CropClassifierEnsemble,
+    classify_picks,
+    load_crop_classifier,
+)
 from cryopose.tomo.picker import UNCAPPED_STEPS, calibrate_cascade, load_picker, pick_tomogram
 from cryopose.tomo.segmentation import normalise
 
@@ -247,3 +252,47 @@ def test_calibration_tomograms_are_checked_before_training(
     assert main([*base, "--classifier-background", "--calibrate", str(missing)]) != 0
     assert str(missing / "reconstruction.mrc") in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")
+def test_ensemble_averages_two_classifiers_and_recalibrates(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, trained_model = trained
+    models = []
+    for blocks in ("1", "2"):  # two classifiers of other depths on copies of one U-Net
+        model = tmp_path / f"model{blocks}"
+        shutil.copytree(trained_model, model)
+        done = len(json.loads((model / "config.json").read_text())["history"])
+        args = ["tomo", "train", str(tomo), "-o", str(model), "--epochs", str(done)]
+        args += ["--steps-per-epoch", "10", "--batch-size", "2", "--patch", "32", "--width", "8"]
+        args += ["--depth", "2", "--val-fraction", "0", "--classifier-steps", "30"]
+        args += ["--classifier-background", "--classifier-crop", "20"]
+        assert main([*args, "--classifier-full-res-blocks", blocks]) == 0
+        models.append(model)
+    # With a background output the threshold must be recalibrated: no tomograms, no ensemble.
+    assert main(["tomo", "ensemble", str(models[0]), str(models[1])]) != 0
+    assert "calibration tomograms" in capsys.readouterr().err
+    assert load_crop_classifier(models[0])[0].config.full_res_blocks == 1  # type: ignore[index]
+    code = main(["tomo", "ensemble", str(models[0]), str(models[1]), "--calibrate", str(tomo)])
+    assert code == 0
+    loaded = load_crop_classifier(models[0])
+    assert loaded is not None and isinstance(loaded[0], CropClassifierEnsemble)
+    assert [m.config.full_res_blocks for m in loaded[0].members] == [1, 2]  # type: ignore[union-attr]
+    written = json.loads((models[0] / "classifier.json").read_text())
+    assert [m["history"][-1]["step"] for m in written["members"]] == [30, 30]
+    spec, net = load_picker(models[0])
+    assert spec.cascade_threshold is not None
+    # The threshold is the ensemble's, as calibrating the folder again gives.
+    again = calibrate_cascade(models[0], [tomo])
+    assert again.cascade_threshold == pytest.approx(spec.cascade_threshold)
+    # tomo pick names (or vetoes) the picks with the averaged probabilities.
+    out = tmp_path / "picks.txt"
+    volume = read_map(tomo / "reconstruction.mrc")[0]
+    assert main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(models[0]),
+                 "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
+    unet = pick_tomogram(volume, replace(spec, threshold=spec.cascade_threshold), net, 32)
+    expected = classify_picks(normalise(volume), unet, *loaded)
+    picked = read_picks(out)
+    assert list(picked.class_ids) == list(expected.class_ids)
+    assert picked.coords == pytest.approx(expected.coords)

@@ -18,8 +18,10 @@ from cryopose.tomo.classifier import (
     ClassifierTrainConfig,
     CropClassifier,
     CropClassifierConfig,
+    CropClassifierEnsemble,
     background_centres,
     classify_picks,
+    combine_crop_classifiers,
     ema_update,
     extract_crops,
     load_crop_classifier,
@@ -303,3 +305,82 @@ def test_shift_augmentation_averages_the_pick_and_its_six_neighbours() -> None:
     # 4 x 0.438 + 3 x 1.0 for "b".
     assert list(classify_picks(volume, picks, net, ("a", "b"), shifts=False).class_ids) == ["a"]
     assert list(classify_picks(volume, picks, net, ("a", "b")).class_ids) == ["b"]
+
+
+def _seeded(config: CropClassifierConfig, seed: int) -> CropClassifier:
+    torch.manual_seed(seed)
+    return CropClassifier(config).eval()
+
+
+def test_ensemble_averages_the_members_probabilities() -> None:
+    a = _seeded(CropClassifierConfig(n_classes=3, crop=12, width=4, background=True), 0)
+    b = _seeded(CropClassifierConfig(3, crop=12, width=4, background=True, full_res_blocks=1), 1)
+    ensemble = CropClassifierEnsemble([a, b]).eval()
+    x = torch.randn(5, 1, 12, 12, 12)
+    with torch.no_grad():
+        mean = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
+        out = torch.softmax(ensemble(x), 1)
+    assert out.shape == (5, 4) and ensemble.config == a.config
+    assert torch.allclose(out, mean, atol=1e-6)
+    # Two copies of one network: the ensemble names picks exactly as the network does.
+    t = _two_shape_tomogram(3)
+    coords = t.centres.flip(1).double()
+    picks = Picks(["x"] * len(coords), coords, scores=torch.linspace(1, 0, len(coords)))
+    names = ("ball", "bar", "cone")
+    one = classify_picks(t.volume, picks, a, names)
+    twice = classify_picks(t.volume, picks, CropClassifierEnsemble([a, a]), names)
+    assert list(twice.class_ids) == list(one.class_ids)
+    assert np.array_equal(twice.coords, one.coords)
+
+
+def test_ensemble_members_must_share_classes_and_crop() -> None:
+    a = _seeded(CropClassifierConfig(n_classes=3, crop=12, width=4), 0)
+    with pytest.raises(InputError, match="at least 2"):
+        CropClassifierEnsemble([a])
+    for other in (
+        CropClassifierConfig(n_classes=2, crop=12, width=4),
+        CropClassifierConfig(n_classes=3, crop=16, width=4),
+        CropClassifierConfig(n_classes=3, crop=12, width=4, background=True),
+    ):
+        with pytest.raises(InputError, match="share"):
+            CropClassifierEnsemble([a, _seeded(other, 1)])
+
+
+def test_combined_classifiers_are_written_and_loaded_as_an_ensemble(tmp_path: Path) -> None:
+    names = ("ball", "bar")
+    a = _seeded(CropClassifierConfig(n_classes=2, crop=12, width=4), 0)
+    b = _seeded(CropClassifierConfig(n_classes=2, crop=12, width=8, full_res_blocks=1), 1)
+    settings = ClassifierTrainConfig(steps=7, seed=3)
+    save_crop_classifier(tmp_path / "a", a, names, [{"step": 7.0, "elapsed_s": 2.0}], settings)
+    save_crop_classifier(tmp_path / "b", b, names)
+    combined = combine_crop_classifiers(tmp_path / "a", [tmp_path / "a", tmp_path / "b"])
+    loaded = load_crop_classifier(tmp_path / "a")
+    assert loaded is not None and loaded[1] == list(names)
+    assert isinstance(loaded[0], CropClassifierEnsemble) and len(loaded[0].members) == 2
+    x = torch.randn(3, 1, 12, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(loaded[0](x), combined(x), atol=1e-6)
+    written = json.loads((tmp_path / "a" / CLASSIFIER_CONFIG).read_text())
+    members = written["members"]
+    assert [m["network"]["width"] for m in members] == [4, 8]
+    assert members[0]["train"]["seed"] == 3 and members[0]["history"][0]["elapsed_s"] == 2.0
+    assert members[1]["train"] is None
+    # An ensemble combined with one more classifier: its members are taken one by one.
+    save_crop_classifier(tmp_path / "c", a, names)
+    three = combine_crop_classifiers(tmp_path / "d", [tmp_path / "a", tmp_path / "c"])
+    assert len(three.members) == 3
+    reloaded = load_crop_classifier(tmp_path / "d")
+    assert reloaded is not None and isinstance(reloaded[0], CropClassifierEnsemble)
+    assert len(reloaded[0].members) == 3
+
+
+def test_combining_rejects_other_classes_and_missing_classifiers(tmp_path: Path) -> None:
+    a = _seeded(CropClassifierConfig(n_classes=2, crop=12, width=4), 0)
+    save_crop_classifier(tmp_path / "a", a, ("ball", "bar"))
+    save_crop_classifier(tmp_path / "b", a, ("ball", "cone"))
+    with pytest.raises(InputError, match="differ") as info:
+        combine_crop_classifiers(tmp_path / "a", [tmp_path / "a", tmp_path / "b"])
+    assert str(tmp_path / "b") in str(info.value)
+    with pytest.raises(InputError, match="missing") as info:
+        combine_crop_classifiers(tmp_path / "a", [tmp_path / "a", tmp_path / "none"])
+    assert str(tmp_path / "none") in str(info.value)

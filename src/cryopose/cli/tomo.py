@@ -7,6 +7,7 @@ Example usage::
     cryopose tomo evaluate picks.txt --truth tomo0 --json
     cryopose tomo train tomo1 tomo2 -o unet --max-minutes 60
     cryopose tomo pick tomo0/reconstruction.mrc --model unet -o picks.txt
+    cryopose tomo ensemble unet unet_seed1 --calibrate tomo9
 """
 
 from __future__ import annotations
@@ -330,3 +331,32 @@ def pick(
 
     picks = pick_tomogram_file(tomogram, model, output, device=device, tile=tile)
     typer.echo(f"wrote {output}: {len(picks)} picks")
+
+
+@tomo_app.command("ensemble")
+def ensemble(
+    model: Annotated[Path, typer.Argument(help="Model folder whose crop classifier is extended.")],
+    others: Annotated[
+        list[Path], typer.Argument(help="Folders holding the other crop classifiers.")
+    ],
+    calibrate: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Simulated tomogram folder that recalibrates the vetoed picks' threshold "
+            "(repeat for more; needed when the classifiers have a background output)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Name picks with an ensemble: MODEL's crop classifier and those of OTHERS, averaged.
+
+    Rewrites MODEL/classifier.json and classifier.pt; cryopose tomo pick then averages the
+    members' class probabilities. The classifiers must name the same classes and see the
+    same crop (train them with other seeds or depths).
+
+    Example: cryopose tomo ensemble unet unet_seed1 --calibrate tomo9 --calibrate tomo10
+    """
+    from cryopose.tomo.picker import ensemble_picker_classifiers
+
+    folder = ensemble_picker_classifiers(model, others, calibrate or (), device=device)
+    typer.echo(f"wrote {folder}: classifier.json, classifier.pt ({len(others) + 1} members)")

@@ -21,7 +21,8 @@ Model folder
     classifier.json/.pt      optional crop classifier that names the picks
                              (:mod:`cryopose.tomo.classifier`, ``classifier_minutes``); with
                              a background output it also vetoes picks, and config.json
-                             holds ``cascade_threshold`` (:func:`calibrate_cascade`)
+                             holds ``cascade_threshold`` (:func:`calibrate_cascade`);
+                             or an ensemble of them (:func:`ensemble_picker_classifiers`)
 
 ``class_voxels`` is the median target volume (voxels, after erosion) of each class over the
 training particles. Picking (``method`` ``"peaks"``, the default) takes the local maxima of the
@@ -67,10 +68,11 @@ from cryopose.models.unet3d import UNet3D, UNet3DConfig
 from cryopose.simulate.tomogram import DEFAULT_CLASSES
 from cryopose.tomo.classifier import (
     CLASSIFIER_CONFIG,
+    AnyCropClassifier,
     ClassifierTrainConfig,
-    CropClassifier,
     CropClassifierConfig,
     classify_picks,
+    combine_crop_classifiers,
     load_crop_classifier,
     save_crop_classifier,
     train_crop_classifier,
@@ -99,6 +101,7 @@ __all__ = [
     "best_threshold",
     "calibrate_cascade",
     "calibrate_picker",
+    "ensemble_picker_classifiers",
     "load_picker",
     "pick_tomogram",
     "pick_tomogram_file",
@@ -711,6 +714,60 @@ def train_picker_classifier(
     return folder
 
 
+def ensemble_picker_classifiers(
+    model_dir: str | Path,
+    others: Sequence[str | Path],
+    calibration: Sequence[str | Path] | Sequence[TomogramLabels] = (),
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Replace a picker's crop classifier by the ensemble of it and those of ``others``.
+
+    The members' class probabilities are averaged
+    (:class:`cryopose.tomo.classifier.CropClassifierEnsemble`); they must name the same
+    classes and see the same crop. With a background output the threshold of the vetoed
+    picks is recalibrated for the ensemble (:func:`calibrate_cascade`) on ``calibration``.
+
+    Parameters
+    ----------
+    model_dir
+        Picker model folder with a crop classifier; it receives the ensemble.
+    others
+        Folders holding the other classifiers (``classifier.json``/``.pt``), for example
+        other picker model folders trained with another seed or depth.
+    calibration
+        Labelled tomograms (SHREC folders or loaded), needed with a background output.
+    device
+        Where the networks run while calibrating.
+
+    Returns
+    -------
+    Path
+        ``model_dir``.
+
+    Raises
+    ------
+    InputError
+        No classifier in a folder, differing classes or crops, or a background output and no
+        calibration tomograms.
+    """
+    folder = Path(model_dir)
+    if not others:
+        raise InputError(None, "expected at least one other classifier folder to combine with")
+    first = load_crop_classifier(folder)
+    if first is None:
+        raise InputError(folder / CLASSIFIER_CONFIG, "missing; expected a crop classifier")
+    if first[0].config.background and not calibration:
+        raise InputError(
+            None,
+            "the classifiers have a background output: expected calibration tomograms to "
+            "recalibrate the threshold of the vetoed picks",
+        )
+    combine_crop_classifiers(folder, [folder, *others])
+    if first[0].config.background:
+        calibrate_cascade(folder, list(calibration), device=device)
+    return folder
+
+
 def _picks_from_prob(prob: torch.Tensor, spec: PickerSpec, threshold: float) -> Picks:
     """Pick one tomogram's probabilities with ``spec``'s method, scores above ``threshold``."""
     if spec.method == "peaks":
@@ -998,7 +1055,7 @@ def pick_tomogram(
     overlap: int | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
-    classifier: tuple[CropClassifier, Sequence[str]] | None = None,
+    classifier: tuple[AnyCropClassifier, Sequence[str]] | None = None,
 ) -> Picks:
     """Segment a tomogram with the U-Net and cluster the foreground into picks.
 
