@@ -108,6 +108,7 @@ from cryopose.tomo.classifier import (
 from cryopose.tomo.peaks import filter_picks
 from cryopose.tomo.picker import (
     UNCAPPED_STEPS,
+    PickerSpec,
     TrainConfig,
     calibrate_cascade,
     calibrate_picker,
@@ -193,6 +194,13 @@ def _args() -> argparse.Namespace:
         default=100,
         help="classifier steps between held-out measurements (100, as rows before the option; "
         "the library's default is 500)",
+    )
+    parser.add_argument(
+        "--refine-radius",
+        type=float,
+        default=PickerSpec.refine_radius,
+        help="mean-shift the reported centres over the U-Net foreground in a ball of this many "
+        "class radii (0: the peaks as found, as rows before this option)",
     )
     parser.add_argument(
         "--classifier-members",
@@ -381,6 +389,7 @@ def main() -> None:
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
     spec, net = load_picker(pick_dir)
+    spec = replace(spec, refine_radius=args.refine_radius)
     classifier = load_crop_classifier(pick_dir) if args.classifier_minutes > 0 else None
     unet_only_pairs, pairs, pick_wall = [], [], 0.0
     for folder in [test_dir, *more_tests]:
@@ -472,6 +481,8 @@ def main() -> None:
                 f" with background veto, threshold {spec.cascade_threshold:.3f} instead of "
                 f"{spec.threshold:.3f}"
             )
+            if spec.cascade_sigma is not None and spec.cascade_sigma != spec.sigma:
+                trained += f", peaks at sigma {spec.cascade_sigma:g} instead of {spec.sigma:g}"
         if args.calibrate_unseen:
             options += f" --calibrate-unseen {args.calibrate_unseen}"
             trained += f", calibrated on {args.calibrate_unseen} tomos the U-Net did not see"
@@ -484,6 +495,10 @@ def main() -> None:
         units = ", asymmetric units (SHREC's masses)"
     if args.classifier_minutes > 0 and args.classifier_background:
         units += ", background veto"
+    if args.refine_radius != PickerSpec.refine_radius:
+        options += f" --refine-radius {args.refine_radius:g}"
+    if args.refine_radius > 0:
+        units += f", centres mean-shifted ({args.refine_radius:g} class radii)"
     if args.threads != 1:  # a time budget buys more steps on more threads
         options += f" --threads {args.threads}"
     if args.n_test > 1:

@@ -15,16 +15,41 @@ from cryopose.cli.main import main
 from cryopose.errors import InputError
 from cryopose.evaluation.shrec import evaluate_picks, load_truth
 from cryopose.io.mrc import read_map
-from cryopose.io.picks import read_picks
+from cryopose.io.picks import Picks, read_picks
+from cryopose.models.unet3d import UNet3D
 from cryopose.simulate.tomogram import simulate_tomogram
 from cryopose.tomo.classifier import (
+    AnyCropClassifier,
     ClassifierTrainConfig,
     CropClassifierEnsemble,
     classify_picks,
     load_crop_classifier,
 )
-from cryopose.tomo.picker import UNCAPPED_STEPS, calibrate_cascade, load_picker, pick_tomogram
-from cryopose.tomo.segmentation import normalise
+from cryopose.tomo.picker import (
+    UNCAPPED_STEPS,
+    PickerSpec,
+    calibrate_cascade,
+    load_picker,
+    pick_tomogram,
+    refine_picks,
+)
+from cryopose.tomo.segmentation import normalise, predict_tiled
+
+
+def _named_then_refined(
+    volume: torch.Tensor,
+    spec: PickerSpec,
+    net: UNet3D,
+    classifier: tuple[AnyCropClassifier, list[str]],
+) -> tuple[Picks, Picks]:
+    """The U-Net's unrefined picks of ``spec`` (tile 32), and them named by the classifier and
+    then refined: what ``tomo pick`` must write."""
+    unet = pick_tomogram(volume, replace(spec, refine_radius=0.0), net, 32)
+    named = classify_picks(normalise(volume), unet, *classifier)
+    prob = predict_tiled(
+        net, normalise(volume), spec.network.n_classes, 32, spec.overlap, divisor=net.divisor
+    )
+    return unet, refine_picks(named, prob, spec)
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +147,11 @@ def test_classifier_minutes_adds_a_classifier_that_names_the_picks(
     assert main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(model),
                  "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
     spec, net = load_picker(model)
-    unet = pick_tomogram(volume, spec, net, 32)
-    renamed = classify_picks(normalise(volume), unet, *loaded)
+    unet, renamed = _named_then_refined(volume, spec, net, loaded)
     picked = read_picks(out)
     assert list(picked.class_ids) == list(renamed.class_ids)
-    assert picked.coords == pytest.approx(unet.coords)
+    assert picked.coords == pytest.approx(renamed.coords)
+    assert renamed.coords != pytest.approx(unet.coords)  # the centres were refined
 
 
 def test_train_rejects_a_classifier_step_limit_below_one(
@@ -193,9 +218,10 @@ def test_classifier_background_vetoes_picks_at_a_recalibrated_threshold(
     volume = read_map(tomo / "reconstruction.mrc")[0]
     assert main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(model),
                  "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
-    assert spec.cascade_threshold is not None
-    unet = pick_tomogram(volume, replace(spec, threshold=spec.cascade_threshold), net, 32)
-    expected = classify_picks(normalise(volume), unet, *loaded)
+    assert spec.cascade_threshold is not None and spec.cascade_sigma is not None
+    assert {f"cascade_f1_sigma{s:g}" for s in (1.0, 1.5, 2.0)} <= set(spec.calibration)
+    cascade = replace(spec, threshold=spec.cascade_threshold, sigma=spec.cascade_sigma)
+    unet, expected = _named_then_refined(volume, cascade, net, loaded)
     picked = read_picks(out)
     assert 0 < len(picked) <= len(unet)
     assert list(picked.class_ids) == list(expected.class_ids)
@@ -291,8 +317,9 @@ def test_ensemble_averages_two_classifiers_and_recalibrates(
     volume = read_map(tomo / "reconstruction.mrc")[0]
     assert main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(models[0]),
                  "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
-    unet = pick_tomogram(volume, replace(spec, threshold=spec.cascade_threshold), net, 32)
-    expected = classify_picks(normalise(volume), unet, *loaded)
+    assert spec.cascade_threshold is not None and spec.cascade_sigma is not None
+    cascade = replace(spec, threshold=spec.cascade_threshold, sigma=spec.cascade_sigma)
+    _, expected = _named_then_refined(volume, cascade, net, loaded)
     picked = read_picks(out)
     assert list(picked.class_ids) == list(expected.class_ids)
     assert picked.coords == pytest.approx(expected.coords)

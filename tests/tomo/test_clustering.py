@@ -12,6 +12,7 @@ from cryopose.tomo.clustering import (
     match_centres,
     merge_saddle_picks,
     peak_picks,
+    refine_centres,
 )
 from cryopose.tomo.segmentation import erode_labels
 
@@ -165,3 +166,31 @@ def test_saddle_merge_joins_one_elongated_particle_not_two_neighbours() -> None:
     # A stricter ratio keeps both maxima of the elongated particle; a short reach merges none.
     assert len(merge_saddle_picks(picks, fg, ratio=1.01)) == 4
     assert len(merge_saddle_picks(picks, torch.from_numpy(fg), 0.6, max_distance=5.0)) == 4
+
+
+def test_refine_centres_moves_a_wall_maximum_to_the_centre_of_a_hollow_particle() -> None:
+    # A spherical shell (inner radius 3, outer 6) centred off-grid: its centroid is the centre,
+    # while any maximum of its foreground lies in the wall, 3-6 voxels away.
+    centre = np.array([20.3, 18.0, 17.6])  # (z, y, x)
+    grid = np.stack(np.meshgrid(*[np.arange(40)] * 3, indexing="ij"), axis=-1)
+    r = np.linalg.norm(grid - centre, axis=-1)
+    fg = ((r >= 3) & (r <= 6)).astype(np.float32)
+    wall = [17.6 + 4.5, 18.0, 20.3]  # (x, y, z)
+    picks = Picks(["shell", "other"], [wall, [5.0, 5.0, 5.0]], angles=[[1, 2, 3]] * 2,
+                  scores=[0.9, 0.1])  # fmt: skip
+    out = refine_centres(picks, fg, {"shell": 9.0}, iterations=5)
+    # Flat-kernel mean shift on a symmetric shell converges to its centre (up to the rounding
+    # of the ball's centre to a voxel and the shell's own voxelisation).
+    assert out.coords[0] == pytest.approx(centre[::-1], abs=0.15)
+    # A class without a radius stays, and so do classes, angles and scores.
+    assert out.coords[1].tolist() == [5.0, 5.0, 5.0]
+    assert list(out.class_ids) == ["shell", "other"]
+    np.testing.assert_array_equal(out.angles, picks.angles)
+    np.testing.assert_array_equal(out.scores, picks.scores)
+    # No foreground in the ball: unchanged; no iterations: unchanged.
+    empty = refine_centres(picks, np.zeros_like(fg), {"shell": 9.0})
+    np.testing.assert_array_equal(empty.coords, picks.coords)
+    np.testing.assert_array_equal(refine_centres(picks, fg, {"shell": 9.0}, 0).coords,
+                                  picks.coords)  # fmt: skip
+    with pytest.raises(ValueError, match="Z, Y, X"):
+        refine_centres(picks, fg[0], {"shell": 9.0})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -135,6 +138,22 @@ def test_model_folder_round_trip_weights_only(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x))
     assert loaded_spec.min_voxels() == {1: 25, 2: 200}
+    # Centre refinement and the cascade's smoothing are kept; an old config without them
+    # gets the defaults; a negative refinement radius is named.
+    tuned = replace(spec, cascade_sigma=1.5, refine_radius=1.0, refine_iterations=2)
+    save_picker(tmp_path, tuned, net)
+    assert load_picker(tmp_path)[0] == tuned
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("cascade_sigma", "refine_radius", "refine_iterations"):
+        config.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    old = load_picker(tmp_path)[0]
+    assert (old.cascade_sigma, old.refine_radius, old.refine_iterations) == (None, 1.5, 3)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "refine_radius": -1}))
+    with pytest.raises(InputError, match=r"config\.json.*refine_radius -1"):
+        load_picker(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert spec.class_radius()["3j9i"] == pytest.approx((3 * 800 / (4 * math.pi)) ** (1 / 3))
     (tmp_path / "model.pt").write_bytes(b"truncated")  # torch.load: IndexError, not InputError
     with pytest.raises(InputError, match=r"model\.pt.*unreadable"):
         load_picker(tmp_path)
