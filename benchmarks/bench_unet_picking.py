@@ -340,7 +340,8 @@ def main() -> None:
         history = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())["history"]
         logged_s += float(history[-1]["elapsed_s"]) if history else 0.0
         uncalibrated = load_picker(model_dir)[0].cascade_threshold is None
-        if args.classifier_background and (uncalibrated or args.calibrate_unseen):
+        alone = args.classifier_members == 1  # else the ensemble is calibrated below
+        if args.classifier_background and alone and (uncalibrated or args.calibrate_unseen):
             # A classifier copied in from another run: calibrated here as after its training.
             calibrate_cascade(model_dir, calibration)
     elif args.classifier_minutes > 0:
