@@ -203,6 +203,19 @@ def _args() -> argparse.Namespace:
         "class radii (0: the peaks as found, as rows before this option)",
     )
     parser.add_argument(
+        "--converge-factor",
+        type=float,
+        default=PickerSpec.converge_factor,
+        help="drop a refined pick within this many (smaller) class radii of a better one "
+        "(0: keep all, as rows before this option)",
+    )
+    parser.add_argument(
+        "--classify-at-peak",
+        action="store_true",
+        help="crop classifier sees crops at the peak only, not also at the mean-shifted "
+        "centre (as rows before this option)",
+    )
+    parser.add_argument(
         "--classifier-members",
         type=int,
         default=1,
@@ -390,7 +403,12 @@ def main() -> None:
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
     spec, net = load_picker(pick_dir)
-    spec = replace(spec, refine_radius=args.refine_radius)
+    spec = replace(
+        spec,
+        refine_radius=args.refine_radius,
+        converge_factor=args.converge_factor,
+        classify_refined=not args.classify_at_peak,
+    )
     classifier = load_crop_classifier(pick_dir) if args.classifier_minutes > 0 else None
     unet_only_pairs, pairs, pick_wall = [], [], 0.0
     for folder in [test_dir, *more_tests]:
@@ -500,6 +518,14 @@ def main() -> None:
         options += f" --refine-radius {args.refine_radius:g}"
     if args.refine_radius > 0:
         units += f", centres mean-shifted ({args.refine_radius:g} class radii)"
+    if args.converge_factor != PickerSpec.converge_factor:
+        options += f" --converge-factor {args.converge_factor:g}"
+    if args.converge_factor > 0:
+        units += f", converged picks dropped ({args.converge_factor:g} radii)"
+    if args.classify_at_peak:
+        options += " --classify-at-peak"
+    elif args.classifier_minutes > 0:
+        units += ", classified at peak and refined centre"
     if args.threads != 1:  # a time budget buys more steps on more threads
         options += f" --threads {args.threads}"
     if args.n_test > 1:

@@ -25,6 +25,7 @@ from cryopose.tomo.classifier import (
     classify_picks,
     load_crop_classifier,
 )
+from cryopose.tomo.clustering import drop_converged
 from cryopose.tomo.picker import (
     UNCAPPED_STEPS,
     PickerSpec,
@@ -42,14 +43,17 @@ def _named_then_refined(
     net: UNet3D,
     classifier: tuple[AnyCropClassifier, list[str]],
 ) -> tuple[Picks, Picks]:
-    """The U-Net's unrefined picks of ``spec`` (tile 32), and them named by the classifier and
-    then refined: what ``tomo pick`` must write."""
-    unet = pick_tomogram(volume, replace(spec, refine_radius=0.0), net, 32)
-    named = classify_picks(normalise(volume), unet, *classifier)
+    """The U-Net's unrefined picks of ``spec`` (tile 32), and them named by the classifier from
+    crops at the pick and at its refined centre, refined by their new class, converged ones
+    dropped: what ``tomo pick`` must write."""
+    unet = pick_tomogram(volume, replace(spec, refine_radius=0.0, converge_factor=0.0), net, 32)
     prob = predict_tiled(
         net, normalise(volume), spec.network.n_classes, 32, spec.overlap, divisor=net.divisor
     )
-    return unet, refine_picks(named, prob, spec)
+    moved = refine_picks(unet, prob, spec).coords
+    named = classify_picks(normalise(volume), unet, *classifier, also_at=moved)
+    refined = refine_picks(named, prob, spec)
+    return unet, drop_converged(refined, spec.class_radius(), spec.converge_factor)
 
 
 @pytest.fixture(scope="module")

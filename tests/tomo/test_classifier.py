@@ -307,6 +307,31 @@ def test_shift_augmentation_averages_the_pick_and_its_six_neighbours() -> None:
     assert list(classify_picks(volume, picks, net, ("a", "b")).class_ids) == ["b"]
 
 
+def test_a_second_centre_per_pick_is_averaged_with_the_pick() -> None:
+    net = _CentreMean(CropClassifierConfig(2, 8, 1))
+    volume = torch.zeros(16, 16, 16)
+    volume[8, 8, 4] = 0.4  # central-block mean 0.05: p(a) = sigmoid(1.0) = 0.731 at x = 4
+    volume[8, 8, 11] = -0.1  # -0.0125: p(a) = sigmoid(-0.25) = 0.438 at x = 11
+    volume[8, 2, 11] = -0.8  # -0.1: p(a) = sigmoid(-2) = 0.119 at (11, 2, 8)
+    at = np.array([[4.0, 8, 8], [4.0, 8, 8]])
+    picks = Picks(["?", "?"], at, angles=[[1, 2, 3], [4, 5, 6]], scores=[1.0, 0.5])
+
+    def named(second: list[list[float]] | None) -> list[str]:
+        out = classify_picks(volume, picks, net, ("a", "b"), shifts=False, also_at=second)
+        np.testing.assert_array_equal(out.coords, at)  # the reported centre is the pick's
+        np.testing.assert_array_equal(out.angles, picks.angles)
+        return list(out.class_ids)
+
+    assert named(None) == ["a", "a"]
+    # (0.731 + 0.438) / 2 = 0.585: still "a"; (0.731 + 0.119) / 2 = 0.425: "b", which neither
+    # crop alone at the pick says and the second alone says more strongly.
+    assert named([[11.0, 8, 8], [11.0, 2, 8]]) == ["a", "b"]
+    alone = Picks(["?"], [[11.0, 8, 8]], scores=[1.0])
+    assert list(classify_picks(volume, alone, net, ("a", "b"), shifts=False).class_ids) == ["b"]
+    with pytest.raises(ValueError, match="also_at"):
+        classify_picks(volume, picks, net, ("a", "b"), also_at=[[1.0, 2, 3]])
+
+
 def _seeded(config: CropClassifierConfig, seed: int) -> CropClassifier:
     torch.manual_seed(seed)
     return CropClassifier(config).eval()

@@ -9,6 +9,7 @@ import torch
 from cryopose.io.picks import Picks
 from cryopose.tomo.clustering import (
     cluster_segmentation,
+    drop_converged,
     match_centres,
     merge_saddle_picks,
     peak_picks,
@@ -194,3 +195,28 @@ def test_refine_centres_moves_a_wall_maximum_to_the_centre_of_a_hollow_particle(
                                   picks.coords)  # fmt: skip
     with pytest.raises(ValueError, match="Z, Y, X"):
         refine_centres(picks, fg[0], {"shell": 9.0})
+
+
+def test_drop_converged_keeps_the_better_of_two_picks_on_one_particle() -> None:
+    # A big particle (radius 8) touching a small one (radius 3): their centres are 11 apart,
+    # the sum of the radii. Two picks converged on the big one 2 voxels apart, the worse first.
+    picks = Picks(
+        ["big", "big", "small", "other"],
+        [[10.0, 10, 10], [12.0, 10, 10], [21.0, 10, 10], [21.5, 10, 10]],
+        angles=[[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 0]],
+        scores=[0.5, 0.9, 0.4, 0.8],
+    )
+    radii = {"big": 8.0, "small": 3.0}
+    out = drop_converged(picks, radii)
+    # The better big pick stays; the small particle is 9 > 3 from it and stays; "other" has no
+    # radius (0) and is never dropped, nor does it drop the small one beside it.
+    assert out.coords[:, 0].tolist() == [12.0, 21.0, 21.5]
+    assert list(out.class_ids) == ["big", "small", "other"]
+    np.testing.assert_array_equal(out.angles, [[4, 5, 6], [7, 8, 9], [0, 0, 0]])
+    np.testing.assert_array_equal(out.scores, [0.9, 0.4, 0.8])
+    # The limit is factor x the smaller radius: at 3.1 x, the small one (9 < 9.3) goes too.
+    assert drop_converged(picks, radii, 3.1).coords[:, 0].tolist() == [12.0, 21.5]
+    # factor 0 keeps everything; without scores, the earlier pick wins.
+    assert len(drop_converged(picks, radii, 0.0)) == 4
+    unscored = Picks(["big", "big"], [[10.0, 10, 10], [12.0, 10, 10]])
+    assert drop_converged(unscored, radii).coords[:, 0].tolist() == [10.0]

@@ -140,17 +140,25 @@ def test_model_folder_round_trip_weights_only(tmp_path: Path) -> None:
     assert loaded_spec.min_voxels() == {1: 25, 2: 200}
     # Centre refinement and the cascade's smoothing are kept; an old config without them
     # gets the defaults; a negative refinement radius is named.
-    tuned = replace(spec, cascade_sigma=1.5, refine_radius=1.0, refine_iterations=2)
+    tuned = replace(
+        spec, cascade_sigma=1.5, refine_radius=1.0, refine_iterations=2,
+        classify_refined=False, converge_factor=0.5,
+    )  # fmt: skip
     save_picker(tmp_path, tuned, net)
     assert load_picker(tmp_path)[0] == tuned
     config = json.loads((tmp_path / "config.json").read_text())
-    for key in ("cascade_sigma", "refine_radius", "refine_iterations"):
+    for key in ("cascade_sigma", "refine_radius", "refine_iterations", "classify_refined",
+                "converge_factor"):  # fmt: skip
         config.pop(key)
     (tmp_path / "config.json").write_text(json.dumps(config))
     old = load_picker(tmp_path)[0]
     assert (old.cascade_sigma, old.refine_radius, old.refine_iterations) == (None, 1.5, 3)
+    assert (old.classify_refined, old.converge_factor) == (True, 1.0)
     (tmp_path / "config.json").write_text(json.dumps({**config, "refine_radius": -1}))
     with pytest.raises(InputError, match=r"config\.json.*refine_radius -1"):
+        load_picker(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "converge_factor": -2}))
+    with pytest.raises(InputError, match=r"config\.json.*converge_factor -2"):
         load_picker(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert spec.class_radius()["3j9i"] == pytest.approx((3 * 800 / (4 * math.pi)) ** (1 / 3))

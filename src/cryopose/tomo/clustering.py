@@ -45,6 +45,7 @@ from cryopose.io.picks import Picks
 
 __all__ = [
     "cluster_segmentation",
+    "drop_converged",
     "match_centres",
     "merge_saddle_picks",
     "peak_picks",
@@ -375,3 +376,46 @@ def match_centres(
             taken[j] = True
             out[i] = True
     return out
+
+
+def drop_converged(picks: Picks, radii: Mapping[str, float], factor: float = 1.0) -> Picks:
+    """Drop picks whose centres ended up on a better-scored pick's particle.
+
+    After :func:`refine_centres`, two maxima of one particle move to the same centre. Picks
+    are taken in descending score; one closer than ``factor`` x the smaller of the two class
+    radii to a pick already kept is dropped (two distinct particles are at least about the sum
+    of their radii apart).
+
+    Parameters
+    ----------
+    picks
+        Centres ``(x, y, z)`` in voxels with classes and scores (no scores: kept in order).
+    radii
+        Radius per class name, voxels; a class missing from it has radius 0 (never dropped).
+    factor
+        Multiple of the smaller radius (0 keeps every pick).
+
+    Returns
+    -------
+    Picks
+        The kept picks, in their original order.
+
+    >>> p = Picks(["a", "a", "a"], [[0, 0, 0], [1, 0, 0], [9, 0, 0]], scores=[0.5, 0.9, 0.4])
+    >>> drop_converged(p, {"a": 3.0}).coords[:, 0].tolist()
+    [1.0, 9.0]
+    """
+    if factor <= 0 or len(picks) < 2:
+        return picks
+    scores = np.zeros(len(picks)) if picks.scores is None else np.asarray(picks.scores)
+    radius = np.array([float(radii.get(str(name), 0.0)) for name in picks.class_ids])
+    kept: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if kept:
+            distance = np.linalg.norm(picks.coords[kept] - picks.coords[i], axis=1)
+            if np.any(distance < factor * np.minimum(radius[kept], radius[i])):
+                continue
+        kept.append(int(i))
+    keep = np.sort(np.array(kept, dtype=np.int64))
+    angles = None if picks.angles is None else picks.angles[keep]
+    scores_kept = None if picks.scores is None else picks.scores[keep]
+    return Picks(picks.class_ids[keep], picks.coords[keep], angles=angles, scores=scores_kept)

@@ -79,6 +79,7 @@ from cryopose.tomo.classifier import (
 )
 from cryopose.tomo.clustering import (
     cluster_segmentation,
+    drop_converged,
     match_centres,
     merge_saddle_picks,
     peak_picks,
@@ -104,6 +105,7 @@ __all__ = [
     "calibrate_picker",
     "ensemble_picker_classifiers",
     "load_picker",
+    "name_picks",
     "pick_tomogram",
     "pick_tomogram_file",
     "refine_picks",
@@ -229,6 +231,18 @@ class PickerSpec:
         SNR 0.5 benchmark (U-Net + crop classifier, peaks at sigma 1.5): F1 0.960 -> 0.969,
         large-protein F1 0.946 -> 0.978, mean distance to the centre 1.76 -> 0.64 voxels;
         1.0 x the radius gave F1 0.969 and 1.61 voxels, 2.0 x F1 0.928 (neighbours pull).
+    classify_refined
+        With a crop classifier, classify each pick from crops at its peak and at the peak
+        mean-shifted with the U-Net's class (probabilities averaged): the classifier was
+        trained on crops around particle centres, and a peak can be 3-5 voxels off a
+        medium or large particle's centre. Measured on 12 test tomograms of the SNR 0.5
+        benchmark (two-classifier ensemble, with ``converge_factor`` 1): medium-protein F1
+        0.934 -> 0.957, large 0.974 -> 0.997, small 0.781 -> 0.792, F1 0.971 -> 0.970.
+    converge_factor
+        After refinement, drop a pick closer than this x the smaller class radius to a
+        better-scored one (:func:`cryopose.tomo.clustering.drop_converged`; 0 turns it off):
+        two maxima of one particle converge on its centre and SHREC counts the second as a
+        multiple hit. On the same tomograms multiple hits 24 -> 8 (F1 0.967 -> 0.970).
     train
         Settings of the training that produced the weights.
     history
@@ -255,6 +269,8 @@ class PickerSpec:
     cascade_sigma: float | None = None
     refine_radius: float = 1.5
     refine_iterations: int = 3
+    classify_refined: bool = True
+    converge_factor: float = 1.0
 
     def class_radius(self) -> dict[str, float]:
         """Radius of a sphere of each class's median target volume, voxels, by class name."""
@@ -307,6 +323,8 @@ class PickerSpec:
             "cascade_sigma": self.cascade_sigma,
             "refine_radius": self.refine_radius,
             "refine_iterations": self.refine_iterations,
+            "classify_refined": self.classify_refined,
+            "converge_factor": self.converge_factor,
         }
 
     @classmethod
@@ -342,6 +360,8 @@ class PickerSpec:
                 ),
                 refine_radius=float(data.get("refine_radius", 1.5)),
                 refine_iterations=int(data.get("refine_iterations", 3)),
+                classify_refined=bool(data.get("classify_refined", True)),
+                converge_factor=float(data.get("converge_factor", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(path, f"not a cryopose picker config ({exc})") from exc
@@ -353,11 +373,12 @@ class PickerSpec:
                 f"network has {spec.network.n_classes} classes, expected "
                 f"{len(spec.class_names) + 1} (background + class_names)",
             )
-        if spec.refine_radius < 0 or spec.refine_iterations < 0:
+        if spec.refine_radius < 0 or spec.refine_iterations < 0 or spec.converge_factor < 0:
             raise InputError(
                 path,
-                f"refine_radius {spec.refine_radius} and refine_iterations "
-                f"{spec.refine_iterations} must not be negative",
+                f"refine_radius {spec.refine_radius}, refine_iterations "
+                f"{spec.refine_iterations} and converge_factor {spec.converge_factor} must not "
+                "be negative",
             )
         return spec
 
@@ -1060,7 +1081,7 @@ def calibrate_cascade(
             candidates = Picks(
                 candidates.class_ids[order], candidates.coords[order], scores=score[order]
             )
-            kept = classify_picks(t.volume, candidates, classifier[0], classifier[1], device)
+            kept = name_picks(t.volume, candidates, prob, spec, classifier, device)
             s, h = _pick_hits(kept, t)
             scores[i].append(s)
             hits[i].append(h)
@@ -1151,7 +1172,8 @@ def pick_tomogram(
     Picks
         Centres ``(x, y, z)`` in voxels with class names and scores (smoothed foreground
         probability at the peak, or a component's mean foreground probability), most
-        confident first; centres refined by ``spec.refine_radius`` (:class:`PickerSpec`).
+        confident first; named, refined and cleared of converged duplicates by
+        :func:`name_picks`.
     """
     normalised = normalise(volume)
     prob = predict_tiled(
@@ -1170,9 +1192,48 @@ def pick_tomogram(
         if spec.cascade_sigma is not None:
             spec = replace(spec, sigma=spec.cascade_sigma)
     picks = _picks_from_prob(prob, spec, threshold)
-    if classifier is not None:
-        picks = classify_picks(normalised, picks, classifier[0], classifier[1], device)
-    return refine_picks(picks, prob, spec)
+    return name_picks(normalised, picks, prob, spec, classifier, device)
+
+
+def name_picks(
+    volume: torch.Tensor,
+    picks: Picks,
+    prob: torch.Tensor,
+    spec: PickerSpec,
+    classifier: tuple[AnyCropClassifier, Sequence[str]] | None = None,
+    device: str | torch.device = "cpu",
+) -> Picks:
+    """Turn candidate picks into final ones: classify, refine the centres, drop duplicates.
+
+    Parameters
+    ----------
+    volume
+        ``(Z, Y, X)`` tomogram normalised as in training.
+    picks
+        Candidates ``(x, y, z)`` named by the U-Net (:func:`peak_picks` and co.).
+    prob
+        ``(1 + n_classes, Z, Y, X)`` the U-Net's class probabilities of the tomogram.
+    spec
+        Gives ``classify_refined``, ``refine_*`` and ``converge_factor``.
+    classifier
+        Crop classifier and its class names; it names (and may veto) each pick, from crops at
+        the pick and, with ``spec.classify_refined``, at the pick mean-shifted by its U-Net
+        class.
+
+    Returns
+    -------
+    Picks
+        Final picks: the classifier's classes, centres refined by their final class, picks
+        that converged on a better one dropped.
+    """
+    if classifier is not None and len(picks) > 0:
+        refining = spec.refine_radius > 0 and spec.refine_iterations > 0
+        also_at = (
+            refine_picks(picks, prob, spec).coords if spec.classify_refined and refining else None
+        )
+        picks = classify_picks(volume, picks, classifier[0], classifier[1], device, also_at=also_at)
+    picks = refine_picks(picks, prob, spec)
+    return drop_converged(picks, spec.class_radius(), spec.converge_factor)
 
 
 def refine_picks(picks: Picks, prob: torch.Tensor, spec: PickerSpec) -> Picks:
