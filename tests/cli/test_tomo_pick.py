@@ -224,7 +224,10 @@ def test_classifier_background_vetoes_picks_at_a_recalibrated_threshold(
                  "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
     assert spec.cascade_threshold is not None and spec.cascade_sigma is not None
     assert {f"cascade_f1_sigma{s:g}" for s in (1.0, 1.5, 2.0)} <= set(spec.calibration)
-    cascade = replace(spec, threshold=spec.cascade_threshold, sigma=spec.cascade_sigma)
+    cascade = replace(
+        spec, threshold=spec.cascade_threshold, sigma=spec.cascade_sigma,
+        saddle_ratio=spec.cascade_saddle_ratio,
+    )  # fmt: skip
     unet, expected = _named_then_refined(volume, cascade, net, loaded)
     picked = read_picks(out)
     assert 0 < len(picked) <= len(unet)
@@ -322,7 +325,10 @@ def test_ensemble_averages_two_classifiers_and_recalibrates(
     assert main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(models[0]),
                  "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
     assert spec.cascade_threshold is not None and spec.cascade_sigma is not None
-    cascade = replace(spec, threshold=spec.cascade_threshold, sigma=spec.cascade_sigma)
+    cascade = replace(
+        spec, threshold=spec.cascade_threshold, sigma=spec.cascade_sigma,
+        saddle_ratio=spec.cascade_saddle_ratio,
+    )  # fmt: skip
     _, expected = _named_then_refined(volume, cascade, net, loaded)
     picked = read_picks(out)
     assert list(picked.class_ids) == list(expected.class_ids)

@@ -7,13 +7,21 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from cryopose.errors import InputError
+from cryopose.io.picks import Picks
 from cryopose.models.unet3d import UNet3D, UNet3DConfig
-from cryopose.tomo.picker import PickerSpec, best_threshold, load_picker, save_picker
+from cryopose.tomo.picker import (
+    PickerSpec,
+    best_threshold,
+    load_picker,
+    name_picks,
+    save_picker,
+)
 from cryopose.tomo.segmentation import (
     PatchDataset,
     TomogramLabels,
@@ -142,18 +150,18 @@ def test_model_folder_round_trip_weights_only(tmp_path: Path) -> None:
     # gets the defaults; a negative refinement radius is named.
     tuned = replace(
         spec, cascade_sigma=1.5, refine_radius=1.0, refine_iterations=2,
-        classify_refined=False, converge_factor=0.5,
+        classify_refined=False, converge_factor=0.5, cascade_saddle_ratio=0.6,
     )  # fmt: skip
     save_picker(tmp_path, tuned, net)
     assert load_picker(tmp_path)[0] == tuned
     config = json.loads((tmp_path / "config.json").read_text())
     for key in ("cascade_sigma", "refine_radius", "refine_iterations", "classify_refined",
-                "converge_factor"):  # fmt: skip
+                "converge_factor", "cascade_saddle_ratio"):  # fmt: skip
         config.pop(key)
     (tmp_path / "config.json").write_text(json.dumps(config))
     old = load_picker(tmp_path)[0]
     assert (old.cascade_sigma, old.refine_radius, old.refine_iterations) == (None, 1.5, 3)
-    assert (old.classify_refined, old.converge_factor) == (True, 1.0)
+    assert (old.classify_refined, old.converge_factor, old.cascade_saddle_ratio) == (True, 1.0, 0.0)
     (tmp_path / "config.json").write_text(json.dumps({**config, "refine_radius": -1}))
     with pytest.raises(InputError, match=r"config\.json.*refine_radius -1"):
         load_picker(tmp_path)
@@ -201,3 +209,38 @@ def test_best_threshold_within_a_tolerance_keeps_more_picks() -> None:
     assert got["threshold"] == pytest.approx(0.25)  # halfway to 0 below the lowest
     assert got["f1"] == pytest.approx(0.75)
     assert (got["tp"], got["fp"], got["fn"]) == (3.0, 2.0, 0.0)
+
+
+def test_name_picks_joins_two_maxima_of_one_particle_but_not_a_touching_small_one() -> None:
+    # Foreground of a big ball (radius 6, class "big") touching a small one (radius 2.5,
+    # "small") along x: centres 8.5 apart. Two peaks were found in the big one, 2 voxels either
+    # side of its centre (no saddle merging), one on the small one 1 voxel off.
+    z, y, x = np.mgrid[:32, :32, :40]
+    big = ((x - 14) ** 2 + (y - 16) ** 2 + (z - 16) ** 2) <= 36
+    small = ((x - 22.5) ** 2 + (y - 16) ** 2 + (z - 16) ** 2) <= 2.5**2
+    prob = torch.zeros(3, 32, 32, 40)
+    prob[1][torch.from_numpy(big)] = 1.0
+    prob[2][torch.from_numpy(small)] = 1.0
+    prob[0] = 1.0 - prob[1] - prob[2]
+    spec = PickerSpec(
+        UNet3DConfig(n_classes=3), ("big", "small"),
+        {"big": 4 / 3 * math.pi * 6**3, "small": 4 / 3 * math.pi * 2.5**3},
+    )  # fmt: skip
+    picks = Picks(["big", "big", "small"], [[12.0, 16, 16], [16.0, 16, 16], [23.0, 16, 16]],
+                  scores=[0.8, 0.9, 0.5])  # fmt: skip
+    out = name_picks(torch.zeros(32, 32, 40), picks, prob, spec)
+    # The two big picks converge on the big ball's centre and the better-scored one is kept;
+    # the small ball stays. The big pick's ball (1.5 x 6 voxels) reaches into the small ball,
+    # which pulls it towards x by at most the small ball's mass share: 65 / 970 x 8.5 = 0.57.
+    assert list(out.class_ids) == ["big", "small"]
+    assert 14.0 < out.coords[0, 0] < 14.57
+    assert out.coords[0, 1:] == pytest.approx([16.0, 16.0])
+    # The small one is pulled towards the big ball's edge by its own ball (1.5 x 2.5 voxels)
+    # but stays inside the small ball, 7 voxels (more than 1 x its radius) from the big pick.
+    assert abs(out.coords[1, 0] - 22.5) < 2.5 and out.coords[1, 0] - out.coords[0, 0] > 7
+    assert out.scores.tolist() == [0.9, 0.5]
+    # Without the drop both stay (a SHREC multiple hit); without refinement the two big picks,
+    # 4 voxels apart (< 6), are still taken for one particle, at the better one's peak.
+    assert len(name_picks(torch.zeros(1), picks, prob, replace(spec, converge_factor=0))) == 3
+    unrefined = name_picks(torch.zeros(1), picks, prob, replace(spec, refine_radius=0))
+    assert unrefined.coords[:, 0].tolist() == [16.0, 23.0]

@@ -243,6 +243,12 @@ class PickerSpec:
         better-scored one (:func:`cryopose.tomo.clustering.drop_converged`; 0 turns it off):
         two maxima of one particle converge on its centre and SHREC counts the second as a
         multiple hit. On the same tomograms multiple hits 24 -> 8 (F1 0.967 -> 0.970).
+    cascade_saddle_ratio
+        ``saddle_ratio`` of the picks a vetoing crop classifier names (0: no saddle merging).
+        Refinement and ``converge_factor`` remove the second maximum of one particle after
+        it is named, so the saddle merging before, which also joins a small particle to
+        the bigger one it touches, is no longer needed. On the same tomograms (sigma 1.5,
+        converge_factor 1): small-protein F1 0.792 -> 0.799, F1 0.970 -> 0.969.
     train
         Settings of the training that produced the weights.
     history
@@ -271,6 +277,7 @@ class PickerSpec:
     refine_iterations: int = 3
     classify_refined: bool = True
     converge_factor: float = 1.0
+    cascade_saddle_ratio: float = 0.0
 
     def class_radius(self) -> dict[str, float]:
         """Radius of a sphere of each class's median target volume, voxels, by class name."""
@@ -325,6 +332,7 @@ class PickerSpec:
             "refine_iterations": self.refine_iterations,
             "classify_refined": self.classify_refined,
             "converge_factor": self.converge_factor,
+            "cascade_saddle_ratio": self.cascade_saddle_ratio,
         }
 
     @classmethod
@@ -362,6 +370,7 @@ class PickerSpec:
                 refine_iterations=int(data.get("refine_iterations", 3)),
                 classify_refined=bool(data.get("classify_refined", True)),
                 converge_factor=float(data.get("converge_factor", 1.0)),
+                cascade_saddle_ratio=float(data.get("cascade_saddle_ratio", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(path, f"not a cryopose picker config ({exc})") from exc
@@ -1071,7 +1080,9 @@ def calibrate_cascade(
         )  # fmt: skip
         for i, sigma in enumerate(tried):
             candidates = _picks_from_prob(
-                prob, replace(spec, sigma=sigma), threshold=floor * spec.threshold
+                prob,
+                replace(spec, sigma=sigma, saddle_ratio=spec.cascade_saddle_ratio),
+                threshold=floor * spec.threshold,
             )
             score = np.zeros(len(candidates)) if candidates.scores is None else candidates.scores
             n_keep = min(
@@ -1164,8 +1175,9 @@ def pick_tomogram(
     classifier
         A crop classifier and its class names (:func:`load_crop_classifier`): it names each
         pick instead of the U-Net; one with a background output also vetoes picks, and the
-        picks are then cut at ``spec.cascade_threshold`` and found at ``spec.cascade_sigma``
-        (when calibrated) instead of ``spec.threshold`` and ``spec.sigma``.
+        picks are then cut at ``spec.cascade_threshold``, found at ``spec.cascade_sigma``
+        (when calibrated) and saddle-merged with ``spec.cascade_saddle_ratio`` instead of
+        ``spec.threshold``, ``spec.sigma`` and ``spec.saddle_ratio``.
 
     Returns
     -------
@@ -1189,6 +1201,7 @@ def pick_tomogram(
     threshold = spec.threshold
     if classifier is not None and classifier[0].config.background:
         threshold = spec.threshold if spec.cascade_threshold is None else spec.cascade_threshold
+        spec = replace(spec, saddle_ratio=spec.cascade_saddle_ratio)
         if spec.cascade_sigma is not None:
             spec = replace(spec, sigma=spec.cascade_sigma)
     picks = _picks_from_prob(prob, spec, threshold)
