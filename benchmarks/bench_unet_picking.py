@@ -521,11 +521,13 @@ def main() -> None:
     if args.converge_factor != PickerSpec.converge_factor:
         options += f" --converge-factor {args.converge_factor:g}"
     if args.converge_factor > 0:
-        units += f", converged picks dropped ({args.converge_factor:g} radii)"
+        units += f", converged picks dropped ({args.converge_factor:g}x the smaller class radius)"
     if args.classify_at_peak:
         options += " --classify-at-peak"
     elif args.classifier_minutes > 0:
         units += ", classified at peak and refined centre"
+        if args.classifier_background and PickerSpec.cascade_saddle_ratio <= 0:
+            units += ", no saddle merging before naming"
     if args.threads != 1:  # a time budget buys more steps on more threads
         options += f" --threads {args.threads}"
     if args.n_test > 1:
