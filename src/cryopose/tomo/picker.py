@@ -106,10 +106,12 @@ __all__ = [
     "ensemble_picker_classifiers",
     "load_picker",
     "name_picks",
+    "pick_segmented",
     "pick_tomogram",
     "pick_tomogram_file",
     "refine_picks",
     "save_picker",
+    "segment_tomogram",
     "train_picker",
     "train_picker_classifier",
 ]
@@ -1187,6 +1189,30 @@ def pick_tomogram(
         confident first; named, refined and cleared of converged duplicates by
         :func:`name_picks`.
     """
+    normalised, prob = segment_tomogram(volume, spec, net, tile, overlap, device, progress)
+    return pick_segmented(normalised, prob, spec, classifier, device)
+
+
+def segment_tomogram(
+    volume: torch.Tensor,
+    spec: PickerSpec,
+    net: UNet3D,
+    tile: int | None = None,
+    overlap: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise a tomogram and run the U-Net over it in overlapping tiles.
+
+    Parameters are those of :func:`pick_tomogram`.
+
+    Returns
+    -------
+    normalised
+        ``(Z, Y, X)`` tomogram normalised as in training.
+    prob
+        ``(1 + n_classes, Z, Y, X)`` class probabilities, background first.
+    """
     normalised = normalise(volume)
     prob = predict_tiled(
         net.to(device),
@@ -1198,6 +1224,27 @@ def pick_tomogram(
         device=device,
         advance=progress,
     )
+    return normalised, prob
+
+
+def pick_segmented(
+    normalised: torch.Tensor,
+    prob: torch.Tensor,
+    spec: PickerSpec,
+    classifier: tuple[AnyCropClassifier, Sequence[str]] | None = None,
+    device: str | torch.device = "cpu",
+) -> Picks:
+    """Pick a segmented tomogram (:func:`segment_tomogram`) as :func:`pick_tomogram` does.
+
+    One segmentation can thus be picked both with and without the crop classifier.
+
+    Parameters
+    ----------
+    normalised, prob
+        From :func:`segment_tomogram`.
+    spec, classifier, device
+        As for :func:`pick_tomogram`.
+    """
     threshold = spec.threshold
     if classifier is not None and classifier[0].config.background:
         threshold = spec.threshold if spec.cascade_threshold is None else spec.cascade_threshold
