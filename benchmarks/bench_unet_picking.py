@@ -51,14 +51,6 @@ high (0.511 for the 64-tomogram classifier; 0.452 on four unseen ones, small F1 
 0.744 on the 12 test tomograms). The classifier has seen these tomograms, which makes its
 veto look a little better than on new data.
 
-``--classifier-focus-minutes M`` fine-tunes the first crop classifier for M minutes on the
-four small proteins alone (:func:`cryopose.tomo.picker.train_picker_focus`, same tomograms and
-seed, so its held-out particles are the classifier's own), and the specialist then decides
-which small protein a pick is among the probability the classifier (or the ensemble) gives
-them all (:class:`cryopose.tomo.classifier.FocusedCropClassifier`); counted in the compute.
-The other classes and the background veto are unchanged. Reused with ``--reuse-model`` when
-the model folder has one.
-
 ``--assembly deposited`` simulates every tomogram (training and test) with each model's
 asymmetric unit instead of its biological assembly (:mod:`cryopose.simulate.tomogram`): the
 masses SHREC's table lists, so that 3gl1 (85 kDa) is no longer a 39 kDa twin of 1s3x (43 kDa,
@@ -106,7 +98,6 @@ from cryopose.models.unet3d import UNet3DConfig
 from cryopose.simulate.tomogram import simulate_tomogram
 from cryopose.tomo.classifier import (
     CLASSIFIER_CONFIG,
-    FOCUS_CONFIG,
     ClassifierTrainConfig,
     CropClassifierConfig,
     classify_picks,
@@ -127,7 +118,6 @@ from cryopose.tomo.picker import (
     segment_tomogram,
     train_picker,
     train_picker_classifier,
-    train_picker_focus,
 )
 from cryopose.tomo.segmentation import load_tomogram_labels
 from cryopose.tomo.template_matching import MatchConfig, match_tomogram
@@ -232,13 +222,6 @@ def _args() -> argparse.Namespace:
         default=1,
         help="crop classifiers averaged (an ensemble): the others are trained as the first "
         "with seeds 1, 2, ... (each --classifier-minutes, all counted in the compute)",
-    )
-    parser.add_argument(
-        "--classifier-focus-minutes",
-        type=float,
-        default=0.0,
-        help="then fine-tune the first crop classifier this many minutes into a specialist "
-        "for the four small proteins, which orders them (0: none, as rows before the option)",
     )
     parser.add_argument(
         "--assembly",
@@ -394,13 +377,6 @@ def main() -> None:
             max_minutes=args.classifier_minutes,
             calibration=calibration,
         )
-    focus = args.classifier_minutes > 0 and args.classifier_focus_minutes > 0
-    if focus and not (args.reuse_model and (model_dir / FOCUS_CONFIG).is_file()):
-        cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
-        train_picker_focus(cls_dirs, model_dir, max_minutes=args.classifier_focus_minutes)
-    if focus:  # its time from its own log
-        history = json.loads((model_dir / FOCUS_CONFIG).read_text())["history"]
-        logged_s += float(history[-1]["elapsed_s"]) if history else 0.0
     pick_dir = model_dir
     if args.classifier_minutes > 0 and args.classifier_members > 1:
         loaded = load_crop_classifier(model_dir)
@@ -422,11 +398,7 @@ def main() -> None:
         pick_dir = model_dir.with_name(f"{model_dir.name}_members{args.classifier_members}")
         shutil.rmtree(pick_dir, ignore_errors=True)
         shutil.copytree(
-            model_dir,
-            pick_dir,
-            ignore=shutil.ignore_patterns(
-                "checkpoints", "member*", *(() if focus else ("classifier_focus*",))
-            ),
+            model_dir, pick_dir, ignore=shutil.ignore_patterns("checkpoints", "member*")
         )
         ensemble_picker_classifiers(pick_dir, others, calibration)
     train_wall = time.perf_counter() - wall0 + logged_s
@@ -438,7 +410,7 @@ def main() -> None:
         converge_factor=args.converge_factor,
         classify_refined=not args.classify_at_peak,
     )
-    classifier = load_crop_classifier(pick_dir, focus=focus) if args.classifier_minutes else None
+    classifier = load_crop_classifier(pick_dir) if args.classifier_minutes > 0 else None
     unet_only_pairs, pairs, pick_wall = [], [], 0.0
     for folder in [test_dir, *more_tests]:
         tomo, angpix = read_map(folder / "reconstruction.mrc")
@@ -526,12 +498,6 @@ def main() -> None:
             options += f" --classifier-members {args.classifier_members}"
             trained += f", {args.classifier_members} classifiers averaged (seeds 0-"
             trained += f"{args.classifier_members - 1}, each {args.classifier_minutes:g} min)"
-        if focus:
-            options += f" --classifier-focus-minutes {args.classifier_focus_minutes:g}"
-            trained += (
-                f", small proteins ordered by a specialist fine-tuned "
-                f"{args.classifier_focus_minutes:g} min from the first"
-            )
         if args.classifier_steps is not None:
             options += f" --classifier-steps {args.classifier_steps}"
             trained += f" (at most {args.classifier_steps} steps)"

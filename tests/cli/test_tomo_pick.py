@@ -22,7 +22,6 @@ from cryopose.tomo.classifier import (
     AnyCropClassifier,
     ClassifierTrainConfig,
     CropClassifierEnsemble,
-    FocusedCropClassifier,
     classify_picks,
     load_crop_classifier,
 )
@@ -341,51 +340,6 @@ def test_ensemble_averages_two_classifiers_and_recalibrates(
         saddle_ratio=spec.cascade_saddle_ratio,
     )  # fmt: skip
     _, expected = _named_then_refined(volume, cascade, net, loaded)
-    picked = read_picks(out)
-    assert list(picked.class_ids) == list(expected.class_ids)
-    assert picked.coords == pytest.approx(expected.coords)
-
-
-@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")
-def test_focus_adds_a_specialist_that_tomo_pick_uses(
-    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    tomo, trained_model = trained
-    model = tmp_path / "model"
-    shutil.copytree(trained_model, model)
-    done = len(json.loads((model / "config.json").read_text())["history"])
-    args = ["tomo", "train", str(tomo), "-o", str(model), "--epochs", str(done)]
-    args += ["--steps-per-epoch", "10", "--batch-size", "2", "--patch", "32", "--width", "8"]
-    args += ["--depth", "2", "--val-fraction", "0", "--classifier-steps", "30"]
-    assert main([*args, "--classifier-background", "--classifier-crop", "20"]) == 0
-    threshold = load_picker(model)[0].cascade_threshold
-    # Neither a time budget nor a step limit: refused before any work.
-    assert main(["tomo", "focus", str(model), str(tomo), "--minutes", "0"]) != 0
-    assert "--steps" in capsys.readouterr().err
-    # The default focus (the small proteins) is not among this model's classes.
-    assert main(["tomo", "focus", str(model), str(tomo), "--steps", "5"]) != 0
-    assert "3qm1" in capsys.readouterr().err
-    code = main(["tomo", "focus", str(model), str(tomo), "--class", "3j9i", "--class", "1bxn",
-                 "--steps", "20", "--weight", "0.5"])  # fmt: skip
-    assert code == 0
-    written = json.loads((model / "classifier_focus.json").read_text())
-    assert written["focus"] == ["3j9i", "1bxn"] and written["weight"] == 0.5
-    assert written["train"]["steps"] == 20 and written["history"][-1]["step"] == 20
-    # Defaults: the classifier's own settings at a quarter of its learning rate.
-    base = json.loads((model / "classifier.json").read_text())["train"]
-    assert written["train"]["lr"] == pytest.approx(base["lr"] / 4)
-    assert written["train"]["seed"] == base["seed"]
-    assert not (model / "checkpoints" / "classifier_focus.ckpt").exists()
-    loaded = load_crop_classifier(model)
-    assert loaded is not None and isinstance(loaded[0], FocusedCropClassifier)
-    assert load_picker(model)[0].cascade_threshold == threshold  # the veto is unchanged
-    # tomo pick names the picks with the specialist's blend.
-    out = tmp_path / "picks.txt"
-    volume = read_map(tomo / "reconstruction.mrc")[0]
-    assert main(["tomo", "pick", str(tomo / "reconstruction.mrc"), "--model", str(model),
-                 "-o", str(out), "--tile", "32"]) == 0  # fmt: skip
-    spec, net = load_picker(model)
-    expected = pick_tomogram(volume, spec, net, 32, classifier=loaded)
     picked = read_picks(out)
     assert list(picked.class_ids) == list(expected.class_ids)
     assert picked.coords == pytest.approx(expected.coords)

@@ -15,13 +15,10 @@ from cryopose.errors import InputError
 from cryopose.io.picks import Picks
 from cryopose.tomo.classifier import (
     CLASSIFIER_CONFIG,
-    FOCUS_CONFIG,
-    FOCUS_WEIGHTS,
     ClassifierTrainConfig,
     CropClassifier,
     CropClassifierConfig,
     CropClassifierEnsemble,
-    FocusedCropClassifier,
     background_centres,
     classify_picks,
     combine_crop_classifiers,
@@ -29,7 +26,6 @@ from cryopose.tomo.classifier import (
     extract_crops,
     load_crop_classifier,
     save_crop_classifier,
-    save_focus_classifier,
     train_crop_classifier,
     zero_tiny,
 )
@@ -413,131 +409,3 @@ def test_combining_rejects_other_classes_and_missing_classifiers(tmp_path: Path)
     with pytest.raises(InputError, match="missing") as info:
         combine_crop_classifiers(tmp_path / "a", [tmp_path / "a", tmp_path / "none"])
     assert str(tmp_path / "none") in str(info.value)
-
-
-def test_focused_classifier_shares_the_groups_probability_by_the_geometric_blend() -> None:
-    config = CropClassifierConfig(n_classes=4, crop=12, width=4, background=True)
-    base, specialist = _seeded(config, 0), _seeded(config, 1)
-    x = torch.randn(6, 1, 12, 12, 12)
-    with torch.no_grad():
-        p = torch.softmax(base(x), 1)
-        s = torch.softmax(specialist(x)[:, [1, 3]], 1)
-        for weight in (0.0, 0.3, 1.0):
-            out = torch.softmax(FocusedCropClassifier(base, specialist, [3, 1], weight)(x), 1)
-            # Outside the group (classes 0 and 2, background 4): the base's probabilities.
-            assert torch.allclose(out[:, [0, 2, 4]], p[:, [0, 2, 4]], atol=1e-6)
-            # The group's total is the base's; inside, p^(1-w) s^w normalised.
-            mass = p[:, [1, 3]].sum(1, keepdim=True)
-            blend = p[:, [1, 3]] ** (1 - weight) * s**weight
-            expected = mass * blend / blend.sum(1, keepdim=True)
-            assert torch.allclose(out[:, [1, 3]], expected, atol=1e-6)
-    with pytest.raises(InputError, match="at least 2"):
-        FocusedCropClassifier(base, specialist, [1])
-    with pytest.raises(InputError, match=r"0\.\.3"):
-        FocusedCropClassifier(base, specialist, [1, 4])  # 4 is the background output
-    with pytest.raises(InputError, match="weight"):
-        FocusedCropClassifier(base, specialist, [1, 3], 1.5)
-
-
-def _three_shape_tomogram(seed: int, n: int = 60) -> TomogramLabels:
-    """Balls (class 1), bars (class 2) and cubes (class 3, 3 x 3 x 3) on a grid, in noise."""
-    g = np.random.default_rng(seed)
-    side = 12 * int(np.ceil(np.sqrt(n)))
-    vol = g.normal(0.0, 0.5, (16, side, side)).astype(np.float32)
-    z, y, x = np.mgrid[-3:4, -3:4, -3:4]
-    shapes = [
-        (z**2 + y**2 + x**2 <= 4).astype(np.float32),
-        ((abs(z) <= 3) & (y == 0) & (x == 0)).astype(np.float32),
-        ((abs(z) <= 1) & (abs(y) <= 1) & (abs(x) <= 1)).astype(np.float32),
-    ]
-    centres, classes = [], []
-    for i in range(n):
-        cz, cy, cx = 8, 6 + 12 * (i // (side // 12)), 6 + 12 * (i % (side // 12))
-        k = 1 + int(g.integers(3))
-        vol[cz - 3 : cz + 4, cy - 3 : cy + 4, cx - 3 : cx + 4] += 2.0 * shapes[k - 1]
-        centres.append((cz, cy, cx))
-        classes.append(k)
-    zeros = torch.zeros(vol.shape, dtype=torch.uint8)
-    return TomogramLabels(
-        f"three{seed}", torch.from_numpy(vol), zeros, torch.tensor(centres),
-        torch.tensor(classes), torch.ones(n, dtype=torch.int64),
-    )  # fmt: skip
-
-
-def test_focus_training_starts_from_init_and_learns_only_the_focus_classes() -> None:
-    torch.set_num_threads(1)
-    train = [_three_shape_tomogram(1), _three_shape_tomogram(2)]
-    config = CropClassifierConfig(n_classes=3, crop=12, width=4)
-    init = _seeded(config, 5)
-    frozen = ClassifierTrainConfig(steps=20, batch_size=8, lr=0.0, jitter=1, eval_every=10)
-    lines: list[str] = []
-    same, history = train_crop_classifier(
-        train, 3, config, frozen, focus=[0, 2], init=init, log=lines.append
-    )
-    # lr 0: the weights stay the initial ones, and held-out accuracy is measured among the
-    # focus classes (balls and cubes) only.
-    for a, b in zip(same.state_dict().values(), init.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    labels = torch.cat([t.classes for t in train]) - 1
-    crops = torch.cat([extract_crops(t.volume, t.centres, 12) for t in train])
-    chosen = labels != 1
-    with torch.no_grad():
-        pred = init(crops[chosen].unsqueeze(1))[:, [0, 2]].argmax(1)
-    whole = float((pred == torch.where(labels[chosen] == 2, 1, 0)).float().mean())
-    first = [h["val_accuracy"] for h in history]
-    assert len(first) == 2 and first[0] == first[1]
-    assert abs(first[0] - whole) < 0.3  # a held-out sample of the same crops
-    assert lines[0].startswith("classifier step 0 (initial weights)")
-    # Trained: the specialist tells balls from cubes (measured 1.0 held out).
-    learn = replace(frozen, steps=150, lr=5e-3, eval_every=50)
-    net, history = train_crop_classifier(train, 3, config, learn, focus=[0, 2], init=init)
-    assert max(h["val_accuracy"] for h in history) >= 0.9
-    test = _three_shape_tomogram(3)
-    keep = test.classes != 2
-    with torch.no_grad():
-        logits = net(extract_crops(test.volume, test.centres[keep], 12).unsqueeze(1))
-    truth = torch.where(test.classes[keep] == 3, 1, 0)
-    assert float((logits[:, [0, 2]].argmax(1) == truth).float().mean()) >= 0.9
-    with pytest.raises(InputError, match="focus"):
-        train_crop_classifier(train, 3, config, frozen, focus=[2])
-    with pytest.raises(InputError, match="init"):
-        other = CropClassifier(replace(config, width=8))
-        train_crop_classifier(train, 3, config, frozen, init=other)
-
-
-def test_specialist_files_wrap_the_classifier_on_loading(tmp_path: Path) -> None:
-    names = ("ball", "bar", "cube")
-    config = CropClassifierConfig(n_classes=3, crop=12, width=4)
-    base, specialist = _seeded(config, 0), _seeded(config, 1)
-    save_crop_classifier(tmp_path, base, names)
-    save_focus_classifier(tmp_path, specialist, ["cube", "ball"], 0.5)
-    loaded = load_crop_classifier(tmp_path)
-    assert loaded is not None and isinstance(loaded[0], FocusedCropClassifier)
-    assert loaded[0].focus.tolist() == [0, 2] and loaded[0].weight == 0.5
-    x = torch.randn(4, 1, 12, 12, 12)
-    with torch.no_grad():
-        expected = FocusedCropClassifier(base, specialist, [0, 2], 0.5)(x)
-        assert torch.allclose(loaded[0](x), expected, atol=1e-6)
-    bare = load_crop_classifier(tmp_path, focus=False)
-    assert bare is not None and isinstance(bare[0], CropClassifier)
-    # Combining takes the base classifiers; the folder's specialist wraps the ensemble.
-    save_crop_classifier(tmp_path / "b", _seeded(config, 2), names)
-    combine_crop_classifiers(tmp_path, [tmp_path, tmp_path / "b"])
-    again = load_crop_classifier(tmp_path)
-    assert again is not None and isinstance(again[0], FocusedCropClassifier)
-    assert isinstance(again[0].base, CropClassifierEnsemble)
-    # Saving a wrapped classifier writes its base.
-    save_crop_classifier(tmp_path / "c", loaded[0], names)
-    written = load_crop_classifier(tmp_path / "c")
-    assert written is not None and isinstance(written[0], CropClassifier)
-    # Bad specialist files name the file.
-    save_focus_classifier(tmp_path, specialist, ["cube", "cone"])
-    with pytest.raises(InputError, match=FOCUS_CONFIG):
-        load_crop_classifier(tmp_path)
-    save_focus_classifier(tmp_path, specialist, ["cube", "ball"])
-    (tmp_path / FOCUS_WEIGHTS).write_bytes(b"truncated")
-    with pytest.raises(InputError, match=FOCUS_WEIGHTS):
-        load_crop_classifier(tmp_path)
-    (tmp_path / FOCUS_WEIGHTS).unlink()
-    with pytest.raises(InputError, match="missing"):
-        load_crop_classifier(tmp_path)

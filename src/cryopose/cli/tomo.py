@@ -333,53 +333,6 @@ def pick(
     typer.echo(f"wrote {output}: {len(picks)} picks")
 
 
-@tomo_app.command("focus")
-def focus(
-    model: Annotated[Path, typer.Argument(help="Model folder with a crop classifier.")],
-    folders: Annotated[
-        list[Path],
-        typer.Argument(help="Simulated tomogram folders the classifier was trained on."),
-    ],
-    classes: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--class",
-            help="Class the specialist learns to tell apart (repeat; default: the small "
-            "proteins 3qm1, 1s3x, 3h84, 3gl1).",
-        ),
-    ] = None,
-    minutes: Annotated[
-        float, typer.Option(min=0.0, help="Wall-clock budget in minutes (0: the step limit).")
-    ] = 20.0,
-    steps: Annotated[
-        int | None, typer.Option(min=1, help="Step limit (default: the classifier's own).")
-    ] = None,
-    weight: Annotated[
-        float,
-        typer.Option(
-            min=0.0, max=1.0, help="Share of the specialist in the blend with the classifier."
-        ),
-    ] = 1.0,
-) -> None:
-    """Fine-tune MODEL's crop classifier into a specialist for classes it confuses.
-
-    Writes MODEL/classifier_focus.json and classifier_focus.pt; cryopose tomo pick then lets
-    the specialist share out, among those classes, the probability the classifier gives them
-    (the other classes and the background veto are unchanged). Resumes an interrupted run.
-
-    Example: cryopose tomo focus unet tomo1 tomo2 tomo3 --minutes 20
-    """
-    from cryopose.tomo.picker import SMALL_PROTEINS, train_picker_focus
-
-    if not minutes and steps is None:
-        raise typer.BadParameter("give --minutes > 0 or --steps", param_hint="--minutes")
-    chosen = tuple(classes) if classes else SMALL_PROTEINS
-    folder = train_picker_focus(
-        folders, model, chosen, max_minutes=minutes or None, weight=weight, steps=steps
-    )
-    typer.echo(f"wrote {folder}: classifier_focus.json, classifier_focus.pt ({', '.join(chosen)})")
-
-
 @tomo_app.command("ensemble")
 def ensemble(
     model: Annotated[Path, typer.Argument(help="Model folder whose crop classifier is extended.")],

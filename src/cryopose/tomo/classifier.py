@@ -19,20 +19,10 @@ trained on crops centred in empty parts of the training tomograms
 that the U-Net's score threshold can be lowered (:func:`cryopose.tomo.picker.calibrate_cascade`)
 to find more of the small proteins without keeping the noise peaks that come with them.
 
-A classifier trained on all classes confuses the small proteins in pairs (3qm1 with 1s3x,
-3h84 with 3gl1), and they are only a quarter of each class-balanced batch.
-:func:`train_crop_classifier` with ``focus`` fine-tunes it (``init``) on those classes alone;
-:class:`FocusedCropClassifier` then lets this specialist share out, among them, the
-probability the classifier gives them all, leaving the other classes and the background
-output as they were.
-
 Files, next to the U-Net's in a picker model folder::
 
-    classifier.json        {"format": 1, "network": {...}, "class_names": [...], "history": [...]}
-    classifier.pt          state dict, tensors only: torch.load(weights_only=True)
-    classifier_focus.json  optional specialist: {"format": 1, "network", "focus": [names],
-                           "weight", "train", "history"}
-    classifier_focus.pt    its state dict
+    classifier.json   {"format": 1, "network": {...}, "class_names": [...], "history": [...]}
+    classifier.pt     state dict, tensors only: torch.load(weights_only=True)
 
 >>> net = CropClassifier(CropClassifierConfig(n_classes=3, crop=16, width=4))
 >>> net(torch.zeros(2, 1, 16, 16, 16)).shape
@@ -65,14 +55,11 @@ from cryopose.tomo.segmentation import TomogramLabels, augment_rotations
 __all__ = [
     "CLASSIFIER_CONFIG",
     "CLASSIFIER_WEIGHTS",
-    "FOCUS_CONFIG",
-    "FOCUS_WEIGHTS",
     "AnyCropClassifier",
     "ClassifierTrainConfig",
     "CropClassifier",
     "CropClassifierConfig",
     "CropClassifierEnsemble",
-    "FocusedCropClassifier",
     "background_centres",
     "classify_picks",
     "combine_crop_classifiers",
@@ -80,14 +67,11 @@ __all__ = [
     "extract_crops",
     "load_crop_classifier",
     "save_crop_classifier",
-    "save_focus_classifier",
     "train_crop_classifier",
 ]
 
 CLASSIFIER_CONFIG = "classifier.json"
 CLASSIFIER_WEIGHTS = "classifier.pt"
-FOCUS_CONFIG = "classifier_focus.json"
-FOCUS_WEIGHTS = "classifier_focus.pt"
 FORMAT = 1
 
 
@@ -205,67 +189,8 @@ class CropClassifierEnsemble(nn.Module):
         return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
 
 
-def _focus_outputs(focus: Sequence[int], n_classes: int) -> torch.Tensor:
-    """Sorted unique focus labels as an int64 tensor; at least two, each in ``0..n_classes-1``."""
-    chosen = sorted({int(k) for k in focus})
-    if len(chosen) < 2 or chosen[0] < 0 or chosen[-1] >= n_classes:
-        raise InputError(
-            None, f"focus must name at least 2 of the classes 0..{n_classes - 1}, got {focus}"
-        )
-    return torch.tensor(chosen, dtype=torch.int64)
-
-
-class FocusedCropClassifier(nn.Module):
-    """A classifier whose choice among a few classes it confuses is revised by a specialist.
-
-    ``base`` (a :class:`CropClassifier` or an ensemble) gives the probability of every output.
-    A ``specialist`` of the same architecture, trained on the ``focus`` classes alone
-    (:func:`train_crop_classifier` with ``focus``, usually fine-tuned from the base), gives
-    their probabilities relative to each other. The focus classes keep the base's total
-    probability; it is shared among them by the geometric blend
-    ``p_base ** (1 - weight) * p_specialist ** weight`` (normalised). The other classes and
-    the background output are the base's, so a background veto's threshold stays valid.
-
-    Made for the small SHREC proteins, which the base confuses in pairs (3qm1 with 1s3x, 3h84
-    with 3gl1) and which are a quarter of a class-balanced batch: a specialist sees only them.
-    """
-
-    def __init__(
-        self,
-        base: CropClassifier | CropClassifierEnsemble,
-        specialist: CropClassifier,
-        focus: Sequence[int],
-        weight: float = 1.0,
-    ) -> None:
-        super().__init__()
-        if specialist.config.crop != base.config.crop:
-            raise InputError(
-                None, f"specialist crop {specialist.config.crop} != base {base.config.crop}"
-            )
-        if not 0.0 <= weight <= 1.0:
-            raise InputError(None, f"specialist weight must be in [0, 1], got {weight}")
-        self.base = base
-        self.specialist = specialist
-        self.register_buffer("focus", _focus_outputs(focus, base.config.n_classes))
-        self.weight = weight
-        self.config = base.config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log probabilities ``(B, n_outputs)`` of crops ``(B, 1, crop, crop, crop)``."""
-        focus = self.focus
-        assert isinstance(focus, torch.Tensor)
-        logp = F.log_softmax(self.base(x), dim=1)
-        group = logp[:, focus]
-        mass = torch.logsumexp(group, dim=1, keepdim=True)
-        own = F.log_softmax(self.specialist(x)[:, focus], dim=1)
-        blend = F.log_softmax((1.0 - self.weight) * (group - mass) + self.weight * own, dim=1)
-        out = logp.clone()
-        out[:, focus] = mass + blend
-        return out
-
-
 #: What :func:`load_crop_classifier` returns and :func:`classify_picks` takes.
-AnyCropClassifier = CropClassifier | CropClassifierEnsemble | FocusedCropClassifier
+AnyCropClassifier = CropClassifier | CropClassifierEnsemble
 
 
 def extract_crops(volume: torch.Tensor, centres: torch.Tensor, edge: int) -> torch.Tensor:
@@ -461,28 +386,13 @@ def ema_update(
                 average[name].copy_(value)
 
 
-def _select(logits: torch.Tensor, outputs: torch.Tensor | None) -> torch.Tensor:
-    """Columns ``outputs`` of ``(B, n_outputs)`` logits (all when ``None``)."""
-    return logits if outputs is None else logits[:, outputs]
-
-
-def _accuracy(
-    net: CropClassifier,
-    crops: torch.Tensor,
-    labels: torch.Tensor,
-    outputs: torch.Tensor | None = None,
-) -> float:
-    """Fraction of crops ``(n, e, e, e)`` classified as ``labels`` ``(n,)``.
-
-    With ``outputs`` (``(k,)`` indices) only those logits compete and ``labels`` index them.
-    """
+def _accuracy(net: CropClassifier, crops: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of crops ``(n, e, e, e)`` classified as ``labels`` ``(n,)``."""
     if labels.numel() == 0:
         return math.nan
     net.eval()
     with torch.no_grad():
-        pred = torch.cat(
-            [_select(net(b.unsqueeze(1)), outputs).argmax(1) for b in torch.split(crops, 128)]
-        )
+        pred = torch.cat([net(b.unsqueeze(1)).argmax(1) for b in torch.split(crops, 128)])
     net.train()
     return float((pred == labels).float().mean())
 
@@ -495,8 +405,6 @@ def train_crop_classifier(
     max_minutes: float | None = None,
     log: Callable[[str], None] | None = None,
     checkpoint: str | Path | None = None,
-    focus: Sequence[int] | None = None,
-    init: CropClassifier | None = None,
 ) -> tuple[CropClassifier, list[dict[str, float]]]:
     """Train a :class:`CropClassifier` on the true particles of the training tomograms.
 
@@ -520,15 +428,6 @@ def train_crop_classifier(
         and data size), so an interrupted run loses at most ``eval_every`` steps; the time
         budget counts the time already spent. A resumed run ends with the same weights as an
         uninterrupted one.
-    focus
-        Labels (``0..n_classes - 1``, at least two) to train on alone: the batches hold only
-        their particles (class-balanced, no background), the loss compares only their logits
-        and held-out accuracy is measured among them. This makes a specialist for classes the
-        full classifier confuses (:class:`FocusedCropClassifier`).
-    init
-        Start from these weights (same architecture) instead of random ones, for example a
-        full classifier to fine-tune into a specialist. Its particles held out are the ones
-        held out here when it was trained with the same tomograms and ``config.seed``.
 
     Returns
     -------
@@ -562,21 +461,11 @@ def train_crop_classifier(
     order = torch.randperm(labels.numel(), generator=g)
     n_val = min(max(1, round(cfg.val_fraction * labels.numel())), labels.numel() - 1)
     val, train = order[:n_val], order[n_val:]
-    outputs = None if focus is None else _focus_outputs(focus, n_classes)
-    targets = labels
-    if outputs is not None:  # the focus classes' particles only, labelled 0..k-1
-        train = train[torch.isin(labels[train], outputs)]
-        val = val[torch.isin(labels[val], outputs)]
-        if train.numel() == 0:
-            raise InputError(None, f"no training particles of the focus classes {focus}")
-        targets = torch.full((net_cfg.n_outputs,), -1, dtype=torch.int64)
-        targets[outputs] = torch.arange(len(outputs))
-        targets = targets[labels]
     j, e = cfg.jitter, net_cfg.crop
     val_crops = crops[val][:, j : j + e, j : j + e, j : j + e]
     counts = torch.bincount(labels[train], minlength=net_cfg.n_outputs).to(torch.float64)
     weights = 1.0 / counts[labels[train]]  # every protein class equally often
-    if net_cfg.background and outputs is None:  # and background crops at their share
+    if net_cfg.background:  # and background crops at their share of each batch
         is_bg = labels[train] == n_classes
         n_present = int((counts[:n_classes] > 0).sum())
         weights = torch.where(
@@ -592,20 +481,7 @@ def train_crop_classifier(
     history: list[dict[str, float]] = []
     best, best_state, loss_sum, n_loss = -1.0, None, 0.0, 0
     first, spent = 1, 0.0
-    if init is not None:
-        if init.config != net_cfg:
-            raise InputError(None, f"init classifier is {init.config}, expected {net_cfg}")
-        net.load_state_dict(init.state_dict())
-    settings: dict[str, Any] = {
-        "network": asdict(net_cfg),
-        "train": asdict(cfg),
-        "examples": labels.numel(),
-    }
-    if outputs is not None or init is not None:  # keys absent in earlier checkpoints
-        settings |= {
-            "focus": None if outputs is None else outputs.tolist(),
-            "init": init is not None,
-        }
+    settings = {"network": asdict(net_cfg), "train": asdict(cfg), "examples": labels.numel()}
     # The averaged weights live in a second network, so that held-out accuracy can use them.
     shadow = CropClassifier(net_cfg) if cfg.ema > 0 else None
     if shadow is not None:  # channels-last too: scoring the held-out crops 1.7x faster
@@ -617,11 +493,6 @@ def train_crop_classifier(
         )
         if log is not None:
             log(f"classifier resumed at step {first - 1} from {checkpoint} ({spent:.0f} s spent)")
-    if init is not None and first == 1:  # the start is a candidate: never end worse than it
-        best = _accuracy(net, val_crops, targets[val], outputs)
-        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        if log is not None:
-            log(f"classifier step 0 (initial weights): held-out accuracy {best:.3f}")
     start = time.perf_counter() - spent
     net.train()
     budget = None if max_minutes is None else 60.0 * max_minutes
@@ -646,7 +517,7 @@ def train_crop_classifier(
             dims = flips[int(torch.randint(len(flips), (1,), generator=g))]
             if dims:
                 batch[k] = batch[k].flip(list(dims))
-        loss = F.cross_entropy(_select(net(batch.unsqueeze(1)), outputs), targets[pick])
+        loss = F.cross_entropy(net(batch.unsqueeze(1)), labels[pick])
         optimiser.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
@@ -660,7 +531,7 @@ def train_crop_classifier(
         out_of_time = budget is not None and elapsed > budget
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             scored = net if shadow is None else shadow
-            acc = _accuracy(scored, val_crops, targets[val], outputs)
+            acc = _accuracy(scored, val_crops, labels[val])
             row = {"step": float(step), "train_loss": loss_sum / n_loss, "val_accuracy": acc}
             history.append({**row, "elapsed_s": elapsed})
             if log is not None:
@@ -828,12 +699,8 @@ def save_crop_classifier(
 
     For a :class:`CropClassifierEnsemble`, ``classifier.json`` also lists its members
     (``"members"``: each one's ``"network"``, and the ``"train"`` and ``"history"`` given in
-    ``members``, one entry per member, from :func:`combine_crop_classifiers`). Of a
-    :class:`FocusedCropClassifier` the base is written (:func:`save_focus_classifier` writes
-    the specialist).
+    ``members``, one entry per member, from :func:`combine_crop_classifiers`).
     """
-    if isinstance(net, FocusedCropClassifier):  # its specialist has files of its own
-        net = net.base
     folder = Path(model_dir)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -858,78 +725,15 @@ def save_crop_classifier(
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def save_focus_classifier(
-    model_dir: str | Path,
-    net: CropClassifier,
-    focus: Sequence[str],
-    weight: float = 1.0,
-    history: Sequence[dict[str, float]] = (),
-    train: ClassifierTrainConfig | None = None,
-) -> None:
-    """Write a specialist for the classes ``focus`` (names) next to a model folder's classifier.
-
-    Files ``classifier_focus.json`` (``{"format", "network", "focus", "weight", "train",
-    "history"}``) and the weights-only ``classifier_focus.pt``, both atomically;
-    :func:`load_crop_classifier` then returns a :class:`FocusedCropClassifier`.
-    """
-    folder = Path(model_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    with atomic_path(folder / FOCUS_WEIGHTS) as tmp:
-        torch.save(state, tmp)
-    data: dict[str, Any] = {
-        "format": FORMAT,
-        "network": asdict(net.config),
-        "focus": list(focus),
-        "weight": weight,
-        "train": None if train is None else asdict(train),
-        "history": list(history),
-    }
-    with atomic_path(folder / FOCUS_CONFIG) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _load_focus(
-    folder: Path, base: CropClassifier | CropClassifierEnsemble, names: Sequence[str]
-) -> FocusedCropClassifier:
-    """Wrap ``base`` with the specialist of ``folder`` (``classifier_focus.json``/``.pt``)."""
-    path = folder / FOCUS_CONFIG
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        config = CropClassifierConfig(**data["network"])
-        focus = [list(names).index(str(n)) for n in data["focus"]]
-        weight = float(data.get("weight", 1.0))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(
-            path, f"expected a specialist description whose focus names are among {names} ({exc})"
-        ) from exc
-    weights = folder / FOCUS_WEIGHTS
-    if not weights.is_file():
-        raise InputError(weights, "missing; expected the weights of the specialist classifier")
-    try:
-        specialist = CropClassifier(config)
-        specialist.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except Exception as exc:  # torch.load raises many kinds on a damaged file
-        raise InputError(weights, f"unreadable, or weights do not fit {config} ({exc!r})") from exc
-    try:
-        return FocusedCropClassifier(base, specialist, focus, weight)
-    except InputError as exc:
-        raise InputError(path, exc.message) from exc
-
-
 def load_crop_classifier(
-    model_dir: str | Path, device: str | torch.device = "cpu", focus: bool = True
+    model_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[AnyCropClassifier, list[str]] | None:
     """Load a model folder's classifier (or ensemble) and its class names; ``None`` when none.
-
-    With ``focus`` and a specialist in the folder (:func:`save_focus_classifier`), the
-    classifier comes wrapped in a :class:`FocusedCropClassifier`; without, the base alone.
 
     Raises
     ------
     InputError
-        ``classifier.json`` (or ``classifier_focus.json``) present but malformed, or weights
-        missing or not fitting it.
+        ``classifier.json`` present but malformed, or weights missing or not fitting it.
     """
     folder = Path(model_dir)
     path = folder / CLASSIFIER_CONFIG
@@ -950,17 +754,14 @@ def load_crop_classifier(
         raise InputError(weights, "missing; expected the weights of the crop classifier")
     try:
         nets = [CropClassifier(c) for c in configs]
-        base = nets[0] if len(nets) == 1 else CropClassifierEnsemble(nets)
+        net: AnyCropClassifier = nets[0] if len(nets) == 1 else CropClassifierEnsemble(nets)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         zero_tiny(state.values())  # written before training zeroed them: slow on CPU
-        base.load_state_dict(state)
+        net.load_state_dict(state)
     except Exception as exc:  # torch.load raises many kinds on a damaged file
         raise InputError(weights, f"unreadable, or weights do not fit {configs} ({exc!r})") from exc
-    if len(names) != base.config.n_classes:
-        raise InputError(path, f"{len(names)} class names for {base.config.n_classes} classes")
-    net: AnyCropClassifier = base
-    if focus and (folder / FOCUS_CONFIG).is_file():
-        net = _load_focus(folder, base, names)
+    if len(names) != net.config.n_classes:
+        raise InputError(path, f"{len(names)} class names for {net.config.n_classes} classes")
     return net.to(device).eval(), names
 
 
@@ -993,7 +794,7 @@ def combine_crop_classifiers(
     info: list[dict[str, Any]] = []
     names: list[str] | None = None
     for source in sources:
-        loaded = load_crop_classifier(source, device, focus=False)
+        loaded = load_crop_classifier(source, device)
         if loaded is None:
             raise InputError(
                 Path(source) / CLASSIFIER_CONFIG, "missing; expected a crop classifier"
@@ -1009,7 +810,7 @@ def combine_crop_classifiers(
         if isinstance(net, CropClassifierEnsemble):
             members += [m for m in net.members if isinstance(m, CropClassifier)]
             info += [{k: v for k, v in m.items() if k != "network"} for m in data["members"]]
-        elif isinstance(net, CropClassifier):  # loaded without its specialist
+        else:
             members.append(net)
             info.append({"train": data.get("train"), "history": data.get("history", [])})
     ensemble = CropClassifierEnsemble(members)

@@ -70,14 +70,11 @@ from cryopose.tomo.classifier import (
     CLASSIFIER_CONFIG,
     AnyCropClassifier,
     ClassifierTrainConfig,
-    CropClassifier,
     CropClassifierConfig,
-    CropClassifierEnsemble,
     classify_picks,
     combine_crop_classifiers,
     load_crop_classifier,
     save_crop_classifier,
-    save_focus_classifier,
     train_crop_classifier,
 )
 from cryopose.tomo.clustering import (
@@ -100,7 +97,6 @@ from cryopose.tomo.segmentation import (
 
 __all__ = [
     "CONFIG_NAME",
-    "SMALL_PROTEINS",
     "WEIGHTS_NAME",
     "PickerSpec",
     "TrainConfig",
@@ -118,7 +114,6 @@ __all__ = [
     "segment_tomogram",
     "train_picker",
     "train_picker_classifier",
-    "train_picker_focus",
 ]
 
 CONFIG_NAME = "config.json"
@@ -126,9 +121,6 @@ WEIGHTS_NAME = "model.pt"
 FORMAT = 1
 _LAST = "last.ckpt"
 CLASSIFIER_CHECKPOINT = "classifier.ckpt"
-FOCUS_CHECKPOINT = "classifier_focus.ckpt"
-#: The SHREC 2020 proteins under 200 kDa, which crop classifiers confuse in pairs.
-SMALL_PROTEINS = ("3qm1", "1s3x", "3h84", "3gl1")
 
 
 @dataclass(frozen=True)
@@ -791,99 +783,6 @@ def train_picker_classifier(
         log(f"calibrating the threshold of the vetoed picks on {len(on)} tomograms")
         calibrated = calibrate_cascade(folder, on)
         log(f"cascade threshold {calibrated.cascade_threshold:.4f} (picker's {spec.threshold:.4f})")
-    return folder
-
-
-def train_picker_focus(
-    folders: Sequence[str | Path] | Sequence[TomogramLabels],
-    model_dir: str | Path,
-    focus: Sequence[str] = SMALL_PROTEINS,
-    train: ClassifierTrainConfig | None = None,
-    max_minutes: float | None = None,
-    weight: float = 1.0,
-    progress: bool = True,
-    steps: int | None = None,
-) -> Path:
-    """Fine-tune a picker's crop classifier into a specialist for the classes ``focus``.
-
-    The specialist starts from the folder's classifier (the first member of an ensemble) and
-    trains on the particles of ``focus`` alone (:func:`train_crop_classifier` with ``focus``
-    and ``init``); :func:`cryopose.tomo.classifier.load_crop_classifier` then lets it share
-    out the probability the classifier gives those classes
-    (:class:`cryopose.tomo.classifier.FocusedCropClassifier`). The background output and the
-    other classes are untouched, so the cascade threshold needs no recalibration.
-
-    Parameters
-    ----------
-    folders
-        The tomograms the classifier trained on (SHREC folders or loaded): with the same
-        tomograms and seed the particles held out are the ones the classifier never saw.
-    model_dir
-        Picker model folder with a crop classifier; receives ``classifier_focus.json`` and
-        ``classifier_focus.pt`` (replaced). Training resumes from
-        ``checkpoints/classifier_focus.ckpt`` left by an interrupted run.
-    focus
-        Class names to specialise in (default: the four small SHREC proteins).
-    train
-        Settings; default those the classifier was trained with, learning rate divided by 4.
-    max_minutes
-        Wall-clock budget (``None``: the step limit alone).
-    weight
-        Share of the specialist in the blend (1: it alone orders the focus classes).
-    progress
-        Log one line per accuracy measurement.
-    steps
-        Step limit replacing that of ``train`` (or of the default settings).
-
-    Returns
-    -------
-    Path
-        ``model_dir``.
-
-    Raises
-    ------
-    InputError
-        No classifier in the folder, or focus names it does not know.
-    """
-    folder = Path(model_dir)
-    spec = _read_spec(folder)
-    loaded = load_crop_classifier(folder, focus=False)
-    if loaded is None:
-        raise InputError(folder / CLASSIFIER_CONFIG, "missing; expected a crop classifier")
-    base, names = loaded
-    first = base.members[0] if isinstance(base, CropClassifierEnsemble) else base
-    assert isinstance(first, CropClassifier)
-    unknown = [n for n in focus if n not in names]
-    if unknown:
-        raise InputError(None, f"focus classes {unknown} are not among the classifier's {names}")
-    if train is None:
-        data = json.loads((folder / CLASSIFIER_CONFIG).read_text(encoding="utf-8"))
-        recorded = data.get("train") or (data.get("members") or [{}])[0].get("train") or {}
-        used = ClassifierTrainConfig(**recorded)
-        train = replace(used, lr=used.lr / 4)
-    if steps is not None:
-        train = replace(train, steps=steps)
-    tomograms = [
-        f if isinstance(f, TomogramLabels) else load_tomogram_labels(f, spec.class_names)
-        for f in folders
-    ]
-
-    def log(line: str) -> None:
-        if progress:
-            print(line, file=sys.stderr, flush=True)
-
-    labels = [names.index(n) for n in focus]
-    present = set(torch.cat([t.classes for t in tomograms]).tolist()) if tomograms else set()
-    absent = [n for n, k in zip(focus, labels, strict=True) if k + 1 not in present]
-    if absent:
-        raise InputError(None, f"no particles of the focus classes {absent} in the tomograms")
-    checkpoint = folder / "checkpoints" / FOCUS_CHECKPOINT
-    checkpoint.parent.mkdir(exist_ok=True)
-    net, history = train_crop_classifier(
-        tomograms, len(names), first.config, train, max_minutes, log, checkpoint, labels, first
-    )
-    save_focus_classifier(folder, net, list(focus), weight, history, train)
-    checkpoint.unlink()
     return folder
 
 
