@@ -1,6 +1,7 @@
 """U-Net picking on SHREC-style tomograms: SHREC tables and compute next to template matching.
 
-Simulates ``--n-train`` training tomograms (seeds 7101, 7102, ...; no test uses them), trains
+Simulates ``--n-train`` training tomograms (seeds 7101, 7102, ..., from the 101st 8101, 8102,
+...; no test uses them), trains
 cryopose's 3D U-Net picker within ``--max-minutes`` on this CPU, then picks the tomogram of the
 template-matching benchmark (seed 7001, never seen in training) and prints SHREC's tables for
 the U-Net and for template matching (TM-F, :mod:`bench_template_matching`'s settings) on that
@@ -123,7 +124,8 @@ from cryopose.tomo.segmentation import load_tomogram_labels
 from cryopose.tomo.template_matching import MatchConfig, match_tomogram
 from cryopose.tomo.templates import load_templates
 
-TRAIN_SEEDS = 7101  # first training seed; tomogram k uses 7101 + k
+TRAIN_SEEDS = 7101  # first training seed; tomogram k < 100 uses 7101 + k
+EXTRA_TRAIN_SEEDS = 8001  # tomogram k >= 100 uses 8001 + k (7201... are test seeds)
 MORE_TEST_SEEDS = 7200  # test tomogram k >= 1 (of --n-test) uses 7200 + k
 UMC_F1 = 0.949
 UMC_SMALL_F1 = 0.826
@@ -249,6 +251,11 @@ def _args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _train_seed(k: int) -> int:
+    """Seed of training tomogram ``k``: 7101 + k below 100, then 8001 + k (clear of the tests)."""
+    return TRAIN_SEEDS + k if k < 100 else EXTRA_TRAIN_SEEDS + k
+
+
 def _simulate(root: Path, args: argparse.Namespace, seed: int) -> Path:
     """The tomogram of ``seed`` with the run's size, SNR and assembly (simulated once)."""
     tag = "" if args.assembly == "biological" else f"_{args.assembly}"
@@ -305,7 +312,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(machine())
     args.work.mkdir(parents=True, exist_ok=True)
-    train_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(args.n_train)]
+    train_dirs = [_simulate(args.work, args, _train_seed(k)) for k in range(args.n_train)]
     test_dir = _simulate(args.tm_work, args, SEED)
     more_tests = [_simulate(args.work, args, MORE_TEST_SEEDS + k) for k in range(1, args.n_test)]
     tag = "" if args.assembly == "biological" else f"_{args.assembly}"
@@ -319,7 +326,7 @@ def main() -> None:
         )
     calibration = (
         [
-            _simulate(args.work, args, TRAIN_SEEDS + args.n_train + k)
+            _simulate(args.work, args, _train_seed(args.n_train + k))
             for k in range(args.calibrate_unseen)
         ]
         if args.calibrate_unseen
@@ -359,7 +366,7 @@ def main() -> None:
             # A classifier copied in from another run: calibrated here as after its training.
             calibrate_cascade(model_dir, calibration)
     elif args.classifier_minutes > 0:
-        cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
+        cls_dirs = [_simulate(args.work, args, _train_seed(k)) for k in range(n_cls)]
         n_classes = len(load_picker(model_dir)[0].class_names)
         steps = args.classifier_steps or UNCAPPED_STEPS  # as `cryopose tomo train` does
         train_picker_classifier(
@@ -382,7 +389,7 @@ def main() -> None:
         loaded = load_crop_classifier(model_dir)
         assert loaded is not None
         first = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())
-        cls_dirs = [_simulate(args.work, args, TRAIN_SEEDS + k) for k in range(n_cls)]
+        cls_dirs = [_simulate(args.work, args, _train_seed(k)) for k in range(n_cls)]
         others = []
         for k in range(1, args.classifier_members):
             folder, seconds = _member(

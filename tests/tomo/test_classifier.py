@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -409,3 +410,26 @@ def test_combining_rejects_other_classes_and_missing_classifiers(tmp_path: Path)
     with pytest.raises(InputError, match="missing") as info:
         combine_crop_classifiers(tmp_path / "a", [tmp_path / "a", tmp_path / "none"])
     assert str(tmp_path / "none") in str(info.value)
+
+
+def test_tomograms_may_come_from_a_generator_read_once() -> None:
+    torch.set_num_threads(1)
+    config = CropClassifierConfig(n_classes=2, crop=12, width=4, background=True)
+    settings = ClassifierTrainConfig(steps=20, batch_size=8, jitter=1, eval_every=10)
+    seen: list[int] = []
+
+    def lazily() -> Iterator[TomogramLabels]:
+        for seed in (1, 2):
+            seen.append(seed)
+            yield _two_shape_tomogram(seed)
+
+    listed, _ = train_crop_classifier(
+        [_two_shape_tomogram(1), _two_shape_tomogram(2)], 2, config, settings
+    )
+    streamed, history = train_crop_classifier(lazily(), 2, config, settings)
+    assert seen == [1, 2] and len(history) == 2  # each tomogram loaded once
+    # The same split, background crops and steps: the same weights.
+    for a, b in zip(listed.state_dict().values(), streamed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(InputError, match="at least one training tomogram"):
+        train_crop_classifier(iter([]), 2, config, settings)

@@ -398,7 +398,7 @@ def _accuracy(net: CropClassifier, crops: torch.Tensor, labels: torch.Tensor) ->
 
 
 def train_crop_classifier(
-    tomograms: Sequence[TomogramLabels],
+    tomograms: Iterable[TomogramLabels],
     n_classes: int,
     network: CropClassifierConfig | None = None,
     config: ClassifierTrainConfig | None = None,
@@ -411,7 +411,9 @@ def train_crop_classifier(
     Parameters
     ----------
     tomograms
-        From :func:`cryopose.tomo.segmentation.load_tomogram_labels` (normalised volumes).
+        From :func:`cryopose.tomo.segmentation.load_tomogram_labels` (normalised volumes); any
+        iterable, read once: a generator that loads them one by one keeps only their crops in
+        memory (about 10 MB per 256 x 256 x 100 tomogram instead of 33 MB).
     n_classes
         Protein classes; a particle of model class ``k`` (``1..n_classes``) is label ``k - 1``
         and a background crop (when the network has that output) label ``n_classes``.
@@ -442,19 +444,25 @@ def train_crop_classifier(
     torch.manual_seed(cfg.seed)
     big = net_cfg.crop + 2 * cfg.jitter
     g = torch.Generator().manual_seed(cfg.seed)
-    centres = [t.centres for t in tomograms]
-    labels_per = [t.classes.to(torch.int64) - 1 for t in tomograms]
-    if net_cfg.background:  # as many background crops as the share asks for
-        ratio = cfg.background_fraction / (1.0 - cfg.background_fraction)
-        for i, t in enumerate(tomograms):
-            bg = background_centres(
-                t, max(1, round(ratio * len(t.centres))), cfg.background_distance, g
-            )
-            centres[i] = torch.cat([t.centres.to(torch.int64), bg])
-            labels_per[i] = torch.cat([labels_per[i], torch.full((len(bg),), n_classes)])
-    crops = torch.cat(
-        [extract_crops(t.volume, c, big) for t, c in zip(tomograms, centres, strict=True)]
-    )
+    # One tomogram at a time: only its crops are kept, so an iterable that loads tomograms
+    # lazily trains on many more than fit in memory at once.
+    crops_per: list[torch.Tensor] = []
+    labels_per: list[torch.Tensor] = []
+    ratio = cfg.background_fraction / (1.0 - cfg.background_fraction)
+    for t in tomograms:
+        centres = t.centres.to(torch.int64)
+        labels_one = t.classes.to(torch.int64) - 1
+        if net_cfg.background:  # as many background crops as the share asks for
+            n_bg = max(1, round(ratio * len(t.centres)))
+            bg = background_centres(t, n_bg, cfg.background_distance, g)
+            centres = torch.cat([centres, bg])
+            labels_one = torch.cat([labels_one, torch.full((len(bg),), n_classes)])
+        crops_per.append(extract_crops(t.volume, centres, big))
+        labels_per.append(labels_one)
+    if not crops_per:
+        raise InputError(None, "expected at least one training tomogram for the classifier")
+    crops = torch.cat(crops_per)
+    del crops_per
     labels = torch.cat(labels_per)
     if labels.numel() < 2:
         raise InputError(None, "expected at least 2 training particles for the classifier")

@@ -757,10 +757,11 @@ def train_picker_classifier(
     """
     folder = Path(model_dir)
     spec = _read_spec(folder)
-    tomograms = [
+    # Loaded one at a time as training takes their crops: hundreds fit in memory that way.
+    tomograms = (
         f if isinstance(f, TomogramLabels) else load_tomogram_labels(f, spec.class_names)
         for f in folders
-    ]
+    )
     n = len(spec.class_names)
     net_cfg = network or CropClassifierConfig(n)
     cfg = train or ClassifierTrainConfig()
