@@ -179,6 +179,12 @@ def _args() -> argparse.Namespace:
         "default became 16)",
     )
     parser.add_argument(
+        "--classifier-width",
+        type=int,
+        default=16,
+        help="channels of the classifier's first block (16, as in the rows before the option)",
+    )
+    parser.add_argument(
         "--classifier-full-res-blocks",
         type=int,
         default=1,
@@ -353,6 +359,7 @@ def main() -> None:
         existing is not None
         and existing[0].config.background == args.classifier_background
         and existing[0].config.crop == crop
+        and existing[0].config.width == args.classifier_width
         and existing[0].config.full_res_blocks == args.classifier_full_res_blocks
         and _trained_with(model_dir).get("ema", 0.0) == args.classifier_ema
         and _trained_with(model_dir).get("eval_every", 100) == args.classifier_eval_every
@@ -375,6 +382,7 @@ def main() -> None:
             CropClassifierConfig(
                 n_classes,
                 crop=crop,
+                width=args.classifier_width,
                 background=args.classifier_background,
                 full_res_blocks=args.classifier_full_res_blocks,
             ),
@@ -492,6 +500,9 @@ def main() -> None:
         if args.classifier_crop != 24:
             options += f" --classifier-crop {args.classifier_crop}"
             trained += f", {args.classifier_crop}^3 crops"
+        if args.classifier_width != 16:
+            options += f" --classifier-width {args.classifier_width}"
+            trained += f", width {args.classifier_width}"
         if args.classifier_full_res_blocks != 1:
             options += f" --classifier-full-res-blocks {args.classifier_full_res_blocks}"
             trained += f", {args.classifier_full_res_blocks} blocks before pooling"

@@ -10,7 +10,9 @@ back-projection, writing the files of a SHREC 2020 model folder (which
     occupancy_mask.mrc      (Z, Y, X) float32 holding k = line k of particle_locations.txt
     particle_locations.txt  one line per object: ``pdb x y z rotZ1 rotX rotZ2``
     reconstruction.mrc      (Z, Y, X) float32 WBP of the noisy tilt series
-    simulation.json         every parameter, the class indices, counts and timings
+    simulation.json         every parameter, the class indices, counts and timings;
+                            written last, so its presence means the folder is complete
+                            (a reader may stream folders while others are simulated)
 
 Example usage (what ``cryopose tomo simulate -o DIR --size 128`` runs)::
 
