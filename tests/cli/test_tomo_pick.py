@@ -282,6 +282,11 @@ def test_cascade_is_calibrated_on_the_tomograms_asked_for(
     # The same as calibrating the trained folder on that tomogram afterwards.
     again = calibrate_cascade(model, [other])
     assert again.cascade_threshold == pytest.approx(calibration["cascade_threshold"])
+    # Candidates are judged only down to floor x the picker's threshold, and the threshold
+    # never falls below the candidates judged (it used to go halfway to 0 when all were kept).
+    spec = load_picker(model)[0]
+    high = calibrate_cascade(model, [other], floor=1.0, max_factor=0.0)
+    assert high.cascade_threshold is not None and high.cascade_threshold > spec.threshold
 
 
 def test_calibration_tomograms_are_checked_before_training(

@@ -211,6 +211,19 @@ def test_best_threshold_within_a_tolerance_keeps_more_picks() -> None:
     assert (got["tp"], got["fp"], got["fn"]) == (3.0, 2.0, 0.0)
 
 
+def test_best_threshold_keeping_every_pick_stops_halfway_to_the_lowest_judged_score() -> None:
+    scores = torch.tensor([0.9, 0.8, 0.6])
+    hits = torch.tensor([True, True, True])
+    # Every pick is a hit, so all are kept; nothing below 0.4 was scored.
+    assert best_threshold(scores, hits, 3)["threshold"] == pytest.approx(0.3)
+    got = best_threshold(scores, hits, 3, lowest=0.4)
+    assert got["threshold"] == pytest.approx(0.5)
+    assert (got["tp"], got["fp"], got["fn"]) == (3.0, 0.0, 0.0)
+    # A lower pick still decides when there is one.
+    more = best_threshold(torch.tensor([0.9, 0.5]), torch.tensor([True, False]), 1, lowest=0.4)
+    assert more["threshold"] == pytest.approx(0.7)
+
+
 def test_name_picks_joins_two_maxima_of_one_particle_but_not_a_touching_small_one() -> None:
     # Foreground of a big ball (radius 6, class "big") touching a small one (radius 2.5,
     # "small") along x: centres 8.5 apart. Two peaks were found in the big one, 2 voxels either

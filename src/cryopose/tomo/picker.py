@@ -897,6 +897,7 @@ def best_threshold(
     n_true: int,
     default: float = 0.5,
     tolerance: float = 0.0,
+    lowest: float = 0.0,
 ) -> dict[str, float]:
     """Score threshold that maximises F1 when the picks above it are kept.
 
@@ -913,12 +914,15 @@ def best_threshold(
     tolerance
         Return the lowest threshold whose F1 is within this of the best (0: the best F1's
         highest threshold). Lower keeps more particles at about the same F1.
+    lowest
+        Score below which nothing was scored (candidates found down to a floor, say): when
+        every pick is kept the threshold is halfway to it, not below picks never judged.
 
     Returns
     -------
     dict
-        ``threshold`` (halfway between the last kept score and the next one, 0 below the
-        lowest), ``f1``, ``tp``, ``fp``, ``fn`` of the kept picks.
+        ``threshold`` (halfway between the last kept score and the next one, or ``lowest``
+        below the last), ``f1``, ``tp``, ``fp``, ``fn`` of the kept picks.
     """
     order = torch.argsort(scores.to(torch.float64), descending=True, stable=True)
     score, hit = scores.to(torch.float64)[order], hits.to(torch.bool)[order]
@@ -930,7 +934,7 @@ def best_threshold(
     k = int(torch.argmax(f1))
     if tolerance > 0:
         k = int(torch.nonzero(f1 >= f1[k] - tolerance).max())
-    below = float(score[k + 1]) if k + 1 < len(score) else 0.0
+    below = float(score[k + 1]) if k + 1 < len(score) else lowest
     return {
         "threshold": 0.5 * (float(score[k]) + below),
         "f1": float(f1[k]),
@@ -1038,7 +1042,9 @@ def calibrate_cascade(
     device
         Where the networks run.
     floor, max_factor
-        Which candidates are classified (above).
+        Which candidates are classified (above). The threshold is chosen among the scores
+        above which every tomogram's candidates were all classified, and never falls below
+        them: candidates no one judged are not let in.
     sigmas
         Peak smoothings tried (``"peaks"`` only; the spec's own one is always tried).
     tolerance
@@ -1070,6 +1076,8 @@ def calibrate_cascade(
     tried = sorted({spec.sigma, *sigmas}) if spec.method == "peaks" else [spec.sigma]
     scores: list[list[torch.Tensor]] = [[] for _ in tried]
     hits: list[list[torch.Tensor]] = [[] for _ in tried]
+    # Per smoothing, the score above which every candidate of every tomogram was judged.
+    judged_down_to = [floor * spec.threshold for _ in tried]
     n_true = 0
     for item in tomograms:
         t = (
@@ -1091,7 +1099,10 @@ def calibrate_cascade(
             n_keep = min(
                 len(candidates), round(max_factor * int((score > spec.threshold).sum())) + 10
             )
-            order = np.argsort(-score, kind="stable")[:n_keep]
+            order = np.argsort(-score, kind="stable")
+            if n_keep < len(order):  # the best first: none below this one was judged
+                judged_down_to[i] = max(judged_down_to[i], float(score[order[n_keep]]))
+            order = order[:n_keep]
             candidates = Picks(
                 candidates.class_ids[order], candidates.coords[order], scores=score[order]
             )
@@ -1100,10 +1111,13 @@ def calibrate_cascade(
             scores[i].append(s)
             hits[i].append(h)
         n_true += len(t.centres)
-    results = [
-        best_threshold(torch.cat(s), torch.cat(h), n_true, spec.threshold, tolerance)
-        for s, h in zip(scores, hits, strict=True)
-    ]
+    results = []
+    for s_list, h_list, lowest in zip(scores, hits, judged_down_to, strict=True):
+        s, h = torch.cat(s_list), torch.cat(h_list)
+        judged = s > lowest  # in every tomogram, all candidates above were classified
+        results.append(
+            best_threshold(s[judged], h[judged], n_true, spec.threshold, tolerance, lowest)
+        )
     best = max(range(len(tried)), key=lambda i: results[i]["f1"])
     calibration = {
         **spec.calibration,
