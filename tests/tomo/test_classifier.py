@@ -192,6 +192,14 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path, ema: f
     ]
     for name, value in whole.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
+    # Another time budget is accepted, and said, since it bends the learning-rate schedule.
+    lines.clear()
+    again, _ = train_crop_classifier(
+        train, 2, config, settings, max_minutes=90, log=lines.append, checkpoint=ckpt
+    )
+    assert "classifier time budget none when checkpointed, now 90 min" in "\n".join(lines)
+    for name, value in whole.state_dict().items():  # finished: nothing more is trained
+        assert torch.equal(again.state_dict()[name], value), name
     # A checkpoint of other settings is refused, naming the file.
     with pytest.raises(InputError, match=r"classifier\.ckpt.*other settings"):
         train_crop_classifier(train, 2, config, replace(settings, lr=1e-4), checkpoint=ckpt)

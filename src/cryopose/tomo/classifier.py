@@ -495,15 +495,21 @@ def train_crop_classifier(
     if shadow is not None:  # channels-last too: scoring the held-out crops 1.7x faster
         shadow.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         shadow.load_state_dict(net.state_dict())
+    budget = None if max_minutes is None else 60.0 * max_minutes
     if checkpoint is not None and Path(checkpoint).is_file():
-        first, spent, best, best_state, history = _resume(
+        first, spent, best, best_state, history, saved_budget = _resume(
             Path(checkpoint), settings, net, optimiser, g, shadow
         )
         if log is not None:
             log(f"classifier resumed at step {first - 1} from {checkpoint} ({spent:.0f} s spent)")
+        if log is not None and saved_budget != _NO_RECORD and saved_budget != budget:
+            # Allowed (a run may be given more time), but the learning-rate schedule bends.
+            log(
+                f"classifier time budget {_minutes(saved_budget)} when checkpointed, now "
+                f"{_minutes(budget)}: the learning rate's cosine follows the new budget"
+            )
     start = time.perf_counter() - spent
     net.train()
-    budget = None if max_minutes is None else 60.0 * max_minutes
     if budget is not None and spent > budget:  # stopped after its last measurement
         first = cfg.steps + 1
     for step in range(first, cfg.steps + 1):
@@ -557,7 +563,7 @@ def train_crop_classifier(
                             "net": net.state_dict(), "optimiser": optimiser.state_dict(),
                             "ema": None if shadow is None else shadow.state_dict(),
                             "generator": g.get_state(), "best": best, "best_state": best_state,
-                            "history": history,
+                            "history": history, "budget_s": budget,
                         },
                         tmp,
                     )  # fmt: skip
@@ -575,11 +581,12 @@ def _resume(
     optimiser: torch.optim.Optimizer,
     generator: torch.Generator,
     shadow: CropClassifier | None = None,
-) -> tuple[int, float, float, dict[str, torch.Tensor] | None, list[dict[str, float]]]:
+) -> tuple[int, float, float, dict[str, torch.Tensor] | None, list[dict[str, float]], float | None]:
     """Load a training checkpoint into ``net``, ``optimiser``, ``generator`` and ``shadow``.
 
-    Returns the next step, the seconds already spent, the best held-out accuracy, its weights
-    and the history so far.
+    Returns the next step, the seconds already spent, the best held-out accuracy, its weights,
+    the history so far and the time budget in seconds it was written under (``None``: none;
+    :data:`_NO_RECORD` for checkpoints written before it was recorded).
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -604,7 +611,17 @@ def _resume(
         float(state["best"]),
         state["best_state"],
         history,
+        state.get("budget_s", _NO_RECORD),
     )
+
+
+#: Time budget of a checkpoint written before budgets were recorded.
+_NO_RECORD = -1.0
+
+
+def _minutes(budget_s: float | None) -> str:
+    """Write a time budget for a log line: ``"90 min"`` or ``"none"``."""
+    return "none" if budget_s is None else f"{budget_s / 60:g} min"
 
 
 #: Crop centres of the shift test-time augmentation: the pick, then one voxel off along each axis.
