@@ -17,6 +17,7 @@ from cryopose.io.picks import Picks
 from cryopose.models.unet3d import UNet3D, UNet3DConfig
 from cryopose.tomo.picker import (
     PickerSpec,
+    _judged_candidates,
     best_threshold,
     load_picker,
     name_picks,
@@ -222,6 +223,19 @@ def test_best_threshold_keeping_every_pick_stops_halfway_to_the_lowest_judged_sc
     # A lower pick still decides when there is one.
     more = best_threshold(torch.tensor([0.9, 0.5]), torch.tensor([True, False]), 1, lowest=0.4)
     assert more["threshold"] == pytest.approx(0.7)
+
+
+def test_cascade_judges_the_best_candidates_up_to_max_factor_times_those_above_plus_ten() -> None:
+    # 2 above the threshold 0.5, 20 below it with distinct scores, shuffled.
+    score = np.concatenate([[0.9, 0.7], np.linspace(0.45, 0.26, 20)])
+    shuffled = np.random.default_rng(0).permutation(len(score))
+    order, cut = _judged_candidates(score[shuffled], 0.5, 2.0)
+    # 2 x 2 + 10 = 14 judged, the best first; the 15th best (0.45 - 12 x 0.01) is the cut.
+    assert np.allclose(score[shuffled][order], np.sort(score)[::-1][:14])
+    assert cut == pytest.approx(0.33)
+    # 1 x 2 + 10 = 12: all judged, no cut.
+    order, cut = _judged_candidates(score[:12], 0.5, 1.0)
+    assert order.tolist() == list(range(12)) and cut is None
 
 
 def test_name_picks_joins_two_maxima_of_one_particle_but_not_a_touching_small_one() -> None:

@@ -1009,6 +1009,35 @@ def calibrate_picker(
     return spec
 
 
+def _judged_candidates(
+    score: np.ndarray, threshold: float, max_factor: float
+) -> tuple[np.ndarray, float | None]:
+    """Which candidates :func:`calibrate_cascade` classifies, and where that stops.
+
+    The best-scoring ones: at most ``max_factor`` x as many as score above ``threshold``,
+    plus 10.
+
+    Parameters
+    ----------
+    score
+        ``(N,)`` candidate scores.
+    threshold
+        The picker's own score threshold.
+    max_factor
+        Limit on the candidates judged, relative to those above ``threshold``.
+
+    Returns
+    -------
+    order, cut
+        ``(M,)`` indices of the judged candidates, best first (ties in input order), and the
+        score of the best candidate left out (None when none is).
+    """
+    n_keep = min(len(score), round(max_factor * int((score > threshold).sum())) + 10)
+    order = np.argsort(-score, kind="stable")
+    cut = float(score[order[n_keep]]) if n_keep < len(order) else None
+    return order[:n_keep], cut
+
+
 def calibrate_cascade(
     model_dir: str | Path,
     tomograms: Sequence[TomogramLabels | str | Path],
@@ -1096,13 +1125,9 @@ def calibrate_cascade(
                 threshold=floor * spec.threshold,
             )
             score = np.zeros(len(candidates)) if candidates.scores is None else candidates.scores
-            n_keep = min(
-                len(candidates), round(max_factor * int((score > spec.threshold).sum())) + 10
-            )
-            order = np.argsort(-score, kind="stable")
-            if n_keep < len(order):  # the best first: none below this one was judged
-                judged_down_to[i] = max(judged_down_to[i], float(score[order[n_keep]]))
-            order = order[:n_keep]
+            order, cut = _judged_candidates(score, spec.threshold, max_factor)
+            if cut is not None:  # none at or below this score was judged
+                judged_down_to[i] = max(judged_down_to[i], cut)
             candidates = Picks(
                 candidates.class_ids[order], candidates.coords[order], scores=score[order]
             )
