@@ -74,6 +74,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 import sys
@@ -127,6 +128,7 @@ from cryopose.tomo.templates import load_templates
 TRAIN_SEEDS = 7101  # first training seed; tomogram k < 100 uses 7101 + k
 EXTRA_TRAIN_SEEDS = 8001  # tomogram k >= 100 uses 8001 + k (7201... are test seeds)
 MORE_TEST_SEEDS = 7200  # test tomogram k >= 1 (of --n-test) uses 7200 + k
+DEFAULT_CLASSIFIER_WIDTH = 16  # every row before --classifier-width
 UMC_F1 = 0.949
 UMC_SMALL_F1 = 0.826
 
@@ -181,8 +183,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument(
         "--classifier-width",
         type=int,
-        default=16,
-        help="channels of the classifier's first block (16, as in the rows before the option)",
+        default=DEFAULT_CLASSIFIER_WIDTH,
+        help="channels of the classifier's first block (16, as in the rows before the option; "
+        "another width trains in its own folder beside the U-Net's)",
     )
     parser.add_argument(
         "--classifier-full-res-blocks",
@@ -307,6 +310,24 @@ def _member(
     return folder, 0.0
 
 
+def _classifier_home(model_dir: Path, width: int) -> Path:
+    """Folder of the crop classifier of ``width``: the U-Net's own for 16, as every row before
+    the option, else ``{model_dir}_w{width}`` beside it, holding a copy of the U-Net.
+
+    So that trying a wider classifier leaves the width-16 one (and its calibration) in place.
+    The copy is refreshed (weights and the picker's calibration) when the U-Net has changed.
+    """
+    if width == DEFAULT_CLASSIFIER_WIDTH:
+        return model_dir
+    home = model_dir.with_name(f"{model_dir.name}_w{width}")
+    home.mkdir(exist_ok=True)
+    weights = home / "model.pt"
+    if not weights.is_file() or not filecmp.cmp(model_dir / "model.pt", weights, shallow=False):
+        shutil.copy2(model_dir / "config.json", home / "config.json")
+        shutil.copy2(model_dir / "model.pt", weights)  # last: its match means a full copy
+    return home
+
+
 def _trained_with(model_dir: Path) -> dict[str, object]:
     """Training settings of the crop classifier in ``model_dir`` (empty when not recorded)."""
     train = json.loads((model_dir / CLASSIFIER_CONFIG).read_text()).get("train")
@@ -353,7 +374,8 @@ def main() -> None:
             config,
             max_minutes=args.max_minutes,
         )
-    existing = load_crop_classifier(model_dir) if args.reuse_model else None
+    cls_dir = _classifier_home(model_dir, args.classifier_width)  # model_dir for width 16
+    existing = load_crop_classifier(cls_dir) if args.reuse_model else None
     crop = args.classifier_crop
     reuse_classifier = (
         existing is not None
@@ -361,24 +383,24 @@ def main() -> None:
         and existing[0].config.crop == crop
         and existing[0].config.width == args.classifier_width
         and existing[0].config.full_res_blocks == args.classifier_full_res_blocks
-        and _trained_with(model_dir).get("ema", 0.0) == args.classifier_ema
-        and _trained_with(model_dir).get("eval_every", 100) == args.classifier_eval_every
+        and _trained_with(cls_dir).get("ema", 0.0) == args.classifier_ema
+        and _trained_with(cls_dir).get("eval_every", 100) == args.classifier_eval_every
     )
     if args.classifier_minutes > 0 and reuse_classifier:  # its time from its own log
-        history = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())["history"]
+        history = json.loads((cls_dir / CLASSIFIER_CONFIG).read_text())["history"]
         logged_s += float(history[-1]["elapsed_s"]) if history else 0.0
-        uncalibrated = load_picker(model_dir)[0].cascade_threshold is None
+        uncalibrated = load_picker(cls_dir)[0].cascade_threshold is None
         alone = args.classifier_members == 1  # else the ensemble is calibrated below
         if args.classifier_background and alone and (uncalibrated or args.calibrate_unseen):
             # A classifier copied in from another run: calibrated here as after its training.
-            calibrate_cascade(model_dir, calibration)
+            calibrate_cascade(cls_dir, calibration)
     elif args.classifier_minutes > 0:
         cls_dirs = [_simulate(args.work, args, _train_seed(k)) for k in range(n_cls)]
-        n_classes = len(load_picker(model_dir)[0].class_names)
+        n_classes = len(load_picker(cls_dir)[0].class_names)
         steps = args.classifier_steps or UNCAPPED_STEPS  # as `cryopose tomo train` does
         train_picker_classifier(
             cls_dirs,
-            model_dir,
+            cls_dir,
             CropClassifierConfig(
                 n_classes,
                 crop=crop,
@@ -392,16 +414,16 @@ def main() -> None:
             max_minutes=args.classifier_minutes,
             calibration=calibration,
         )
-    pick_dir = model_dir
+    pick_dir = cls_dir
     if args.classifier_minutes > 0 and args.classifier_members > 1:
-        loaded = load_crop_classifier(model_dir)
+        loaded = load_crop_classifier(cls_dir)
         assert loaded is not None
-        first = json.loads((model_dir / CLASSIFIER_CONFIG).read_text())
+        first = json.loads((cls_dir / CLASSIFIER_CONFIG).read_text())
         cls_dirs = [_simulate(args.work, args, _train_seed(k)) for k in range(n_cls)]
         others = []
         for k in range(1, args.classifier_members):
             folder, seconds = _member(
-                model_dir,
+                cls_dir,
                 k,
                 cls_dirs,
                 loaded[0].config,
@@ -410,11 +432,9 @@ def main() -> None:
             )
             others.append(folder)
             logged_s += seconds
-        pick_dir = model_dir.with_name(f"{model_dir.name}_members{args.classifier_members}")
+        pick_dir = cls_dir.with_name(f"{cls_dir.name}_members{args.classifier_members}")
         shutil.rmtree(pick_dir, ignore_errors=True)
-        shutil.copytree(
-            model_dir, pick_dir, ignore=shutil.ignore_patterns("checkpoints", "member*")
-        )
+        shutil.copytree(cls_dir, pick_dir, ignore=shutil.ignore_patterns("checkpoints", "member*"))
         ensemble_picker_classifiers(pick_dir, others, calibration)
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
