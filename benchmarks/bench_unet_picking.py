@@ -66,6 +66,16 @@ the models' logs). A background classifier trained elsewhere and copied into the
 gets its cascade threshold calibrated as after training (with ``--calibrate-unseen``, every
 reused classifier is recalibrated that way).
 
+``--models-from benchmarks/models`` copies the model folders committed there (the U-Net, its
+crop classifier and ensemble members, with their training logs; ``benchmarks/models/README.md``
+says which command trained them) into ``--work`` and picks with them as ``--reuse-model`` does:
+the row of that command, with the same weights, in the time of the picking alone (calibrations
+that the options ask for are redone). Files already in ``--work`` are kept.
+
+``--unet-flips`` averages the U-Net's probabilities over the four wedge-keeping rotations of
+its training augmentation (``PickerSpec.test_time_flips``; 4x the segmentation time) in a copy of
+the picking folder whose thresholds are all recalibrated that way.
+
 Run from the repository root::
 
     python benchmarks/bench_unet_picking.py --size 256 --snr 0.5 --n-train 2 --max-minutes 30
@@ -117,6 +127,7 @@ from cryopose.tomo.picker import (
     ensemble_picker_classifiers,
     load_picker,
     pick_segmented,
+    save_picker,
     segment_tomogram,
     train_picker,
     train_picker_classifier,
@@ -254,6 +265,19 @@ def _args() -> argparse.Namespace:
         action="store_true",
         help="pick with the model already trained in --work (training time from its history)",
     )
+    parser.add_argument(
+        "--unet-flips",
+        action="store_true",
+        help="average the U-Net's probabilities over the four wedge-keeping rotations (4x its "
+        "time), in a copy of the picking folder ({folder}_flips) recalibrated that way",
+    )
+    parser.add_argument(
+        "--models-from",
+        type=Path,
+        default=None,
+        help="copy trained model folders (as in benchmarks/models) into --work where missing and "
+        "pick with them as --reuse-model does: the row's numbers without its hours of training",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/cryopose_bench_unet"))
     parser.add_argument("--tm-work", type=Path, default=Path("/tmp/cryopose_bench_tm"))
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
@@ -334,8 +358,51 @@ def _trained_with(model_dir: Path) -> dict[str, object]:
     return train if isinstance(train, dict) else {}
 
 
+def _copy_models(source: Path, work: Path) -> None:
+    """Copy the model folders in ``source`` into ``work``, leaving files already there alone.
+
+    So that a run trained elsewhere (committed to ``benchmarks/models``) picks again here, and a
+    classifier trained here since (another ensemble member) is not overwritten.
+    """
+    folders = [d for d in sorted(source.iterdir()) if (d / "config.json").is_file()]
+    if not folders:
+        raise SystemExit(f"--models-from {source}: no model folder (with config.json) in it")
+
+    def copy_missing(src: str, dst: str) -> None:
+        if not Path(dst).exists():
+            shutil.copy2(src, dst)
+
+    for folder in folders:
+        shutil.copytree(folder, work / folder.name, dirs_exist_ok=True, copy_function=copy_missing)
+
+
+def _flips_home(pick_dir: Path, train_dirs: list[Path], calibration: list[Path]) -> Path:
+    """``{pick_dir}_flips``: the U-Net and crop classifier(s) of ``pick_dir`` with flip-averaged
+    U-Net probabilities (``PickerSpec.test_time_flips``), every threshold recalibrated with them.
+
+    The U-Net's threshold on its training tomograms first (:func:`calibrate_picker`), then the
+    background veto's on ``calibration`` (:func:`calibrate_cascade`) when there is one, as the
+    training run calibrates a new model.
+    """
+    home = pick_dir.with_name(f"{pick_dir.name}_flips")
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(pick_dir, home, ignore=shutil.ignore_patterns("checkpoints", "member*"))
+    spec, net = load_picker(home)
+    spec = replace(
+        spec, test_time_flips=True, calibration={}, cascade_threshold=None, cascade_sigma=None
+    )
+    save_picker(home, spec, net)
+    calibrate_picker(home, train_dirs)
+    classifier = load_crop_classifier(home)
+    if classifier is not None and classifier[0].config.background:
+        calibrate_cascade(home, calibration)
+    return home
+
+
 def main() -> None:
     args = _args()
+    if args.models_from is not None:
+        args.reuse_model = True
     torch.set_num_threads(args.threads)
     print(machine())
     args.work.mkdir(parents=True, exist_ok=True)
@@ -359,6 +426,8 @@ def main() -> None:
         if args.calibrate_unseen
         else train_dirs[:2]
     )
+    if args.models_from is not None:
+        _copy_models(args.models_from, args.work)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     logged_s = 0.0
     if args.reuse_model:  # training time as logged by the training run
@@ -436,6 +505,8 @@ def main() -> None:
         shutil.rmtree(pick_dir, ignore_errors=True)
         shutil.copytree(cls_dir, pick_dir, ignore=shutil.ignore_patterns("checkpoints", "member*"))
         ensemble_picker_classifiers(pick_dir, others, calibration)
+    if args.unet_flips:
+        pick_dir = _flips_home(pick_dir, train_dirs, calibration)
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
     spec, net = load_picker(pick_dir)
@@ -575,6 +646,12 @@ def main() -> None:
             units += ", no saddle merging before naming"
     if args.threads != 1:  # a time budget buys more steps on more threads
         options += f" --threads {args.threads}"
+    if args.unet_flips:
+        options += " --unet-flips"
+        units += ", U-Net averaged over 4 rotations"
+    if args.models_from is not None:
+        options += f" --models-from {args.models_from}"
+        trained = f"models of {args.models_from}: {trained}"
     if args.n_test > 1:
         options += f" --n-test {args.n_test}"
         units += f", {args.n_test} test tomograms pooled"

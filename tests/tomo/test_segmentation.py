@@ -22,6 +22,7 @@ from cryopose.tomo.picker import (
     load_picker,
     name_picks,
     save_picker,
+    unet_probabilities,
 )
 from cryopose.tomo.segmentation import (
     PatchDataset,
@@ -73,6 +74,44 @@ def test_tiled_unet_is_exact_with_margin_beyond_its_receptive_field() -> None:
         whole = net(vol[None, None]).softmax(1)[0]
     tiled = predict_tiled(net, vol, 2, tile=40, overlap=28, margin=12, divisor=2, batch_size=3)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_flip_averaged_tiles_are_the_mean_of_flipped_whole_volumes() -> None:
+    model = _small_rf_model()
+    vol = torch.randn(21, 30, 27, generator=torch.Generator().manual_seed(5))
+    views = augment_rotations()
+    with torch.no_grad():
+        by_hand = sum(
+            model(vol.flip(list(v))[None, None]).softmax(1)[0].flip([d + 1 for d in v])
+            if v
+            else model(vol[None, None]).softmax(1)[0]
+            for v in views
+        )
+    assert isinstance(by_hand, torch.Tensor)
+    averaged = predict_tiled(model, vol, 3, tile=12, overlap=6, margin=2, flips=views)
+    torch.testing.assert_close(averaged, by_hand / 4, atol=1e-6, rtol=1e-5)
+    plain = predict_tiled(model, vol, 3, tile=12, overlap=6, margin=2)
+    assert float((averaged - plain).abs().max()) > 1e-3  # the views do differ
+    # Averaged over a group of rotations, the prediction rotates with the volume.
+    turned = predict_tiled(model, vol.flip([0, 2]), 3, tile=12, overlap=6, margin=2, flips=views)
+    torch.testing.assert_close(turned, averaged.flip([1, 3]), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="flips"):
+        predict_tiled(model, vol, 3, flips=[(3,)])
+
+
+def test_unet_probabilities_follow_the_specs_flips() -> None:
+    net = UNet3D(UNet3DConfig(width=2, depth=2, n_classes=3)).eval()
+    spec = PickerSpec(
+        net.config, ("1bxn", "3j9i"), {"1bxn": 100.0, "3j9i": 800.0}, tile=16, overlap=8
+    )
+    vol = torch.randn(12, 20, 18, generator=torch.Generator().manual_seed(6))
+    plain = unet_probabilities(vol, spec, net)
+    kw = {"tile": 16, "overlap": 8, "divisor": net.divisor}
+    torch.testing.assert_close(plain, predict_tiled(net, vol, 3, **kw))
+    flipped = unet_probabilities(vol, replace(spec, test_time_flips=True), net)
+    by_views = predict_tiled(net, vol, 3, flips=augment_rotations(), **kw)
+    torch.testing.assert_close(flipped, by_views)
+    assert float((flipped - plain).abs().max()) > 1e-4
 
 
 def test_tile_starts_and_window() -> None:
@@ -152,17 +191,19 @@ def test_model_folder_round_trip_weights_only(tmp_path: Path) -> None:
     tuned = replace(
         spec, cascade_sigma=1.5, refine_radius=1.0, refine_iterations=2,
         classify_refined=False, converge_factor=0.5, cascade_saddle_ratio=0.6,
+        test_time_flips=True,
     )  # fmt: skip
     save_picker(tmp_path, tuned, net)
     assert load_picker(tmp_path)[0] == tuned
     config = json.loads((tmp_path / "config.json").read_text())
     for key in ("cascade_sigma", "refine_radius", "refine_iterations", "classify_refined",
-                "converge_factor", "cascade_saddle_ratio"):  # fmt: skip
+                "converge_factor", "cascade_saddle_ratio", "test_time_flips"):  # fmt: skip
         config.pop(key)
     (tmp_path / "config.json").write_text(json.dumps(config))
     old = load_picker(tmp_path)[0]
     assert (old.cascade_sigma, old.refine_radius, old.refine_iterations) == (None, 1.5, 3)
     assert (old.classify_refined, old.converge_factor, old.cascade_saddle_ratio) == (True, 1.0, 0.0)
+    assert not old.test_time_flips
     (tmp_path / "config.json").write_text(json.dumps({**config, "refine_radius": -1}))
     with pytest.raises(InputError, match=r"config\.json.*refine_radius -1"):
         load_picker(tmp_path)

@@ -89,6 +89,7 @@ from cryopose.tomo.segmentation import (
     PatchDataset,
     SegmentationModule,
     TomogramLabels,
+    augment_rotations,
     load_tomogram_labels,
     n_tiles,
     normalise,
@@ -112,6 +113,7 @@ __all__ = [
     "refine_picks",
     "save_picker",
     "segment_tomogram",
+    "unet_probabilities",
     "train_picker",
     "train_picker_classifier",
 ]
@@ -251,6 +253,10 @@ class PickerSpec:
         it is named, so the saddle merging before, which also joins a small particle to
         the bigger one it touches, is no longer needed. On the same tomograms (sigma 1.5,
         converge_factor 1): small-protein F1 0.792 -> 0.799, F1 0.970 -> 0.969.
+    test_time_flips
+        Average the U-Net's probabilities over the four wedge-keeping rotations of its
+        training augmentation (:func:`unet_probabilities`), in picking and in every
+        calibration: 4x the segmentation time.
     train
         Settings of the training that produced the weights.
     history
@@ -280,6 +286,7 @@ class PickerSpec:
     classify_refined: bool = True
     converge_factor: float = 1.0
     cascade_saddle_ratio: float = 0.0
+    test_time_flips: bool = False
 
     def class_radius(self) -> dict[str, float]:
         """Radius of a sphere of each class's median target volume, voxels, by class name."""
@@ -335,6 +342,7 @@ class PickerSpec:
             "classify_refined": self.classify_refined,
             "converge_factor": self.converge_factor,
             "cascade_saddle_ratio": self.cascade_saddle_ratio,
+            "test_time_flips": self.test_time_flips,
         }
 
     @classmethod
@@ -373,6 +381,7 @@ class PickerSpec:
                 classify_refined=bool(data.get("classify_refined", True)),
                 converge_factor=float(data.get("converge_factor", 1.0)),
                 cascade_saddle_ratio=float(data.get("cascade_saddle_ratio", 0.0)),
+                test_time_flips=bool(data.get("test_time_flips", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(path, f"not a cryopose picker config ({exc})") from exc
@@ -986,10 +995,7 @@ def calibrate_picker(
             if isinstance(item, TomogramLabels)
             else load_tomogram_labels(item, spec.class_names, spec.train.erode)
         )
-        prob = predict_tiled(
-            net, t.volume, spec.network.n_classes, spec.tile, spec.overlap,
-            divisor=net.divisor, device=device,
-        )  # fmt: skip
+        prob = unet_probabilities(t.volume, spec, net, device=device)
         for i, variant in enumerate(variants):
             s, h = _scored_hits(prob, variant, t)
             scores[i].append(s)
@@ -1114,10 +1120,7 @@ def calibrate_cascade(
             if isinstance(item, TomogramLabels)
             else load_tomogram_labels(item, spec.class_names, spec.train.erode)
         )
-        prob = predict_tiled(
-            net, t.volume, spec.network.n_classes, spec.tile, spec.overlap,
-            divisor=net.divisor, device=device,
-        )  # fmt: skip
+        prob = unet_probabilities(t.volume, spec, net, device=device)
         for i, sigma in enumerate(tried):
             candidates = _picks_from_prob(
                 prob,
@@ -1254,7 +1257,31 @@ def segment_tomogram(
         ``(1 + n_classes, Z, Y, X)`` class probabilities, background first.
     """
     normalised = normalise(volume)
-    prob = predict_tiled(
+    return normalised, unet_probabilities(normalised, spec, net, tile, overlap, device, progress)
+
+
+def unet_probabilities(
+    normalised: torch.Tensor,
+    spec: PickerSpec,
+    net: UNet3D,
+    tile: int | None = None,
+    overlap: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """The U-Net's class probabilities over a normalised tomogram, as the spec says.
+
+    Tiled (:func:`cryopose.tomo.segmentation.predict_tiled`) with ``spec.tile`` and
+    ``spec.overlap`` unless given, and averaged over the wedge-keeping rotations
+    (:func:`cryopose.tomo.segmentation.augment_rotations`) when ``spec.test_time_flips``
+    (``progress`` still counts each tile once, after all its views).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1 + n_classes, Z, Y, X)`` float32 probabilities, background first.
+    """
+    return predict_tiled(
         net.to(device),
         normalised,
         spec.network.n_classes,
@@ -1263,8 +1290,8 @@ def segment_tomogram(
         divisor=net.divisor,
         device=device,
         advance=progress,
+        flips=augment_rotations() if spec.test_time_flips else ((),),
     )
-    return normalised, prob
 
 
 def pick_segmented(

@@ -51,7 +51,9 @@ ramps linearly to 1 across the rest of the overlap (no taper at the volume's bor
 norm in evaluation mode makes the U-Net translation-equivariant for shifts by multiples of its
 divisor, so when ``margin`` is at least the network's receptive-field radius the blended
 result equals whole-volume inference exactly; with a smaller margin (the default, for speed)
-the seams differ slightly.
+the seams differ slightly. With ``flips`` each tile is also run in flipped views (the
+wedge-keeping rotations of training) and the probabilities averaged: averaging over a group of
+rotations makes the prediction rotate with the tomogram.
 """
 
 from __future__ import annotations
@@ -589,6 +591,7 @@ def predict_tiled(
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     advance: Callable[[int], None] | None = None,
+    flips: Sequence[Sequence[int]] = ((),),
 ) -> torch.Tensor:
     """Class probabilities of a whole tomogram from overlapping tiles (module docstring).
 
@@ -617,6 +620,11 @@ def predict_tiled(
         Where the model runs; tiles stream there and back, the accumulators stay on the CPU.
     advance
         Called with the number of tiles done after each batch.
+    flips
+        Test-time augmentation: each tile's probabilities are the mean over these views, a view
+        being the axes (dims of ``(Z, Y, X)``) flipped before the network and back after it;
+        ``augment_rotations()`` gives the four wedge-keeping rotations of training (4x the
+        time). The default ``((),)`` is one plain pass.
 
     Returns
     -------
@@ -625,6 +633,9 @@ def predict_tiled(
         ``n_classes + 1`` float32 volumes.
     """
     dev = torch.device(device)
+    views = [tuple(int(d) for d in view) for view in flips]
+    if not views or any(d not in (0, 1, 2) for view in views for d in view):
+        raise ValueError(f"flips {flips!r}: expected views made of the axes 0, 1, 2")
     shape_in = tuple(volume.shape)
     padded = [math.ceil(n / divisor) * divisor for n in shape_in]
     tile_d = math.ceil(tile / divisor) * divisor
@@ -654,8 +665,14 @@ def predict_tiled(
                 for c, _ in pending
             ]
         )
+        x = x.unsqueeze(1).to(dev)
+        prob = torch.zeros((len(pending), n_classes, *tiles), dtype=torch.float32)
         with torch.no_grad():
-            prob = model(x.unsqueeze(1).to(dev)).softmax(dim=1).to("cpu", torch.float32)
+            for view in views:
+                dims = [d + 2 for d in view]  # past the batch and channel dims
+                p = model(x.flip(dims) if dims else x).softmax(dim=1)
+                prob += (p.flip(dims) if dims else p).to("cpu", torch.float32)
+        prob /= len(views)
         for (c, w), p in zip(pending, prob, strict=True):
             sl = (
                 slice(c[0], c[0] + tiles[0]),
