@@ -113,9 +113,9 @@ __all__ = [
     "refine_picks",
     "save_picker",
     "segment_tomogram",
-    "unet_probabilities",
     "train_picker",
     "train_picker_classifier",
+    "unet_probabilities",
 ]
 
 CONFIG_NAME = "config.json"
@@ -1269,7 +1269,7 @@ def unet_probabilities(
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """The U-Net's class probabilities over a normalised tomogram, as the spec says.
+    """Run the U-Net over a normalised tomogram as the spec says: class probabilities.
 
     Tiled (:func:`cryopose.tomo.segmentation.predict_tiled`) with ``spec.tile`` and
     ``spec.overlap`` unless given, and averaged over the wedge-keeping rotations
