@@ -71,6 +71,9 @@ crop classifier and ensemble members, with their training logs; ``benchmarks/mod
 says which command trained them) into ``--work`` and picks with them as ``--reuse-model`` does:
 the row of that command, with the same weights, in the time of the picking alone (calibrations
 that the options ask for are redone). Files already in ``--work`` are kept.
+An ensemble's folder (``{model}_members{K}``, its veto calibrated on the ensemble) is reused
+while its U-Net, classifiers and calibration tomograms are unchanged (``ensemble.json`` holds
+their SHA-256 digests), its calibration seconds counted again in the training compute.
 
 ``--unet-flips`` averages the U-Net's probabilities over the four wedge-keeping rotations of
 its training augmentation (``PickerSpec.test_time_flips``; 4x the segmentation time) in a copy of
@@ -85,6 +88,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import hashlib
 import json
 import shutil
 import sys
@@ -376,6 +380,46 @@ def _copy_models(source: Path, work: Path) -> None:
         shutil.copytree(folder, work / folder.name, dirs_exist_ok=True, copy_function=copy_missing)
 
 
+def _ensemble_key(cls_dir: Path, others: list[Path], calibration: list[Path]) -> dict[str, str]:
+    """What an ensemble folder was built from: digests of the model files and the calibration."""
+    files = [cls_dir / n for n in ("config.json", "model.pt", CLASSIFIER_CONFIG, "classifier.pt")]
+    files += [d / n for d in others for n in (CLASSIFIER_CONFIG, "classifier.pt")]
+    key = {str(f.relative_to(cls_dir.parent)): _digest(f) for f in files}
+    key["calibration"] = " ".join(d.name for d in calibration)
+    return key
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _ensemble(pick_dir: Path, cls_dir: Path, others: list[Path], calibration: list[Path]) -> float:
+    """Build ``pick_dir``: ``cls_dir``'s picker with the ensemble of its and ``others``' crop
+    classifiers, the veto recalibrated on ``calibration``; or reuse it when built from the same
+    files (``ensemble.json`` keeps their digests and the calibration's seconds).
+
+    Returns the calibration's logged seconds when reused (0 when built now: the caller's clock
+    counts it), so that a reused ensemble's row counts the same compute.
+    """
+    record = pick_dir / "ensemble.json"
+    key = _ensemble_key(cls_dir, others, calibration)
+    if record.is_file():
+        data = json.loads(record.read_text())
+        if data.get("key") == key:
+            print(f"reusing the calibrated ensemble in {pick_dir}")
+            return float(data["seconds"])
+    shutil.rmtree(pick_dir, ignore_errors=True)
+    shutil.copytree(cls_dir, pick_dir, ignore=shutil.ignore_patterns("checkpoints", "member*"))
+    wall0 = time.perf_counter()
+    ensemble_picker_classifiers(pick_dir, others, calibration)
+    seconds = time.perf_counter() - wall0
+    partial = record.with_suffix(".partial")
+    partial.write_text(json.dumps({"key": key, "seconds": seconds}, indent=1))
+    partial.replace(record)  # atomic: an interrupted write leaves no record, so a rebuild
+    return 0.0
+
+
 def _flips_home(pick_dir: Path, train_dirs: list[Path], calibration: list[Path]) -> Path:
     """``{pick_dir}_flips``: the U-Net and crop classifier(s) of ``pick_dir`` with flip-averaged
     U-Net probabilities (``PickerSpec.test_time_flips``), every threshold recalibrated with them.
@@ -502,9 +546,7 @@ def main() -> None:
             others.append(folder)
             logged_s += seconds
         pick_dir = cls_dir.with_name(f"{cls_dir.name}_members{args.classifier_members}")
-        shutil.rmtree(pick_dir, ignore_errors=True)
-        shutil.copytree(cls_dir, pick_dir, ignore=shutil.ignore_patterns("checkpoints", "member*"))
-        ensemble_picker_classifiers(pick_dir, others, calibration)
+        logged_s += _ensemble(pick_dir, cls_dir, others, calibration)
     if args.unet_flips:
         pick_dir = _flips_home(pick_dir, train_dirs, calibration)
     train_wall = time.perf_counter() - wall0 + logged_s
