@@ -77,7 +77,8 @@ their SHA-256 digests), its calibration seconds counted again in the training co
 
 ``--unet-flips`` averages the U-Net's probabilities over the four wedge-keeping rotations of
 its training augmentation (``PickerSpec.test_time_flips``; 4x the segmentation time) in a copy of
-the picking folder whose thresholds are all recalibrated that way.
+the picking folder whose thresholds are all recalibrated that way (``{folder}_flips``, reused as
+an ensemble's folder is, with ``flips.json``).
 
 Run from the repository root::
 
@@ -420,17 +421,37 @@ def _ensemble(pick_dir: Path, cls_dir: Path, others: list[Path], calibration: li
     return 0.0
 
 
-def _flips_home(pick_dir: Path, train_dirs: list[Path], calibration: list[Path]) -> Path:
+def _flips_home(
+    pick_dir: Path, train_dirs: list[Path], calibration: list[Path]
+) -> tuple[Path, float]:
     """``{pick_dir}_flips``: the U-Net and crop classifier(s) of ``pick_dir`` with flip-averaged
     U-Net probabilities (``PickerSpec.test_time_flips``), every threshold recalibrated with them.
 
     The U-Net's threshold on its training tomograms first (:func:`calibrate_picker`), then the
     background veto's on ``calibration`` (:func:`calibrate_cascade`) when there is one, as the
-    training run calibrates a new model.
+    training run calibrates a new model. Reused when built from the same files and tomograms
+    (``flips.json`` keeps their digests and the calibrations' seconds).
+
+    Returns the folder and the calibrations' logged seconds when reused (0 when built now: the
+    caller's clock counts them), so that a reused folder's row counts the same compute.
     """
     home = pick_dir.with_name(f"{pick_dir.name}_flips")
+    record = home / "flips.json"
+    files = [pick_dir / n for n in ("config.json", "model.pt", CLASSIFIER_CONFIG, "classifier.pt")]
+    key = {f.name: _digest(f) for f in files if f.is_file()}
+    key["training"] = " ".join(d.name for d in train_dirs)
+    key["calibration"] = " ".join(d.name for d in calibration)
+    if record.is_file():
+        data = json.loads(record.read_text())
+        if data.get("key") == key:
+            print(f"reusing the flip-calibrated picker in {home}")
+            return home, float(data["seconds"])
     shutil.rmtree(home, ignore_errors=True)
-    shutil.copytree(pick_dir, home, ignore=shutil.ignore_patterns("checkpoints", "member*"))
+    shutil.copytree(
+        pick_dir, home, ignore=shutil.ignore_patterns("checkpoints", "member*", "*.partial")
+    )
+    (home / "ensemble.json").unlink(missing_ok=True)  # describes pick_dir, not this copy
+    wall0 = time.perf_counter()
     spec, net = load_picker(home)
     spec = replace(
         spec, test_time_flips=True, calibration={}, cascade_threshold=None, cascade_sigma=None
@@ -440,7 +461,11 @@ def _flips_home(pick_dir: Path, train_dirs: list[Path], calibration: list[Path])
     classifier = load_crop_classifier(home)
     if classifier is not None and classifier[0].config.background:
         calibrate_cascade(home, calibration)
-    return home
+    seconds = time.perf_counter() - wall0
+    partial = record.with_suffix(".partial")
+    partial.write_text(json.dumps({"key": key, "seconds": seconds}, indent=1))
+    partial.replace(record)  # atomic: an interrupted write leaves no record, so a rebuild
+    return home, 0.0
 
 
 def main() -> None:
@@ -548,7 +573,8 @@ def main() -> None:
         pick_dir = cls_dir.with_name(f"{cls_dir.name}_members{args.classifier_members}")
         logged_s += _ensemble(pick_dir, cls_dir, others, calibration)
     if args.unet_flips:
-        pick_dir = _flips_home(pick_dir, train_dirs, calibration)
+        pick_dir, seconds = _flips_home(pick_dir, train_dirs, calibration)
+        logged_s += seconds
     train_wall = time.perf_counter() - wall0 + logged_s
     train_cpu = time.process_time() - cpu0 + logged_s
     spec, net = load_picker(pick_dir)
